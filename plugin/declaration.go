@@ -1,0 +1,83 @@
+// Package plugin is the template side of ct-supervise: it parses the action
+// declarations that templates make through consul-template's `plugin`
+// function, and keeps the on-disk state of declared, pending and queued
+// actions that `exec` and the worker share.
+package plugin
+
+import (
+	"errors"
+	"time"
+
+	"ct-supervise/lockexec"
+)
+
+// Defaults for a declaration's fields, as `ct-supervise run` uses them too.
+const (
+	// DefaultPrefixRoot is the KV folder under which default lock prefixes
+	// are made: DefaultPrefixRoot + Name.
+	DefaultPrefixRoot = "ct-supervise/"
+
+	// DefaultMaxAttempts is how many times the worker tries a failing action
+	// before it marks it failed.
+	DefaultMaxAttempts = 5
+
+	// MaxNameLength bounds a declaration name (it becomes a file-safe key
+	// and part of the lock prefix).
+	MaxNameLength = 64
+)
+
+// ErrInvalidDeclaration wraps every validation or parse failure of a
+// declaration, so callers can tell bad input from I/O trouble.
+var ErrInvalidDeclaration = errors.New("invalid declaration")
+
+// Declaration is one action as a template declares it: what to run and the
+// rollout policy to run it under. The JSON form uses the mapstructure keys.
+type Declaration struct {
+	// Name identifies the action in the state directory and in `exec NAME`.
+	// Empty means one generated from Command (see GenerateName).
+	Name string `mapstructure:"name" json:"name"`
+
+	// Command is what to run. One element is a command line; several are an
+	// argument vector. Required.
+	Command []string `mapstructure:"command" json:"command"`
+
+	// Limit is -n, the number of nodes that may run the action at once.
+	// Must be at least 1 (DefaultDeclaration sets 1).
+	Limit int `mapstructure:"n" json:"n"`
+
+	// Prefix is the KV prefix of the lock. Empty means DefaultPrefixRoot +
+	// Name.
+	Prefix string `mapstructure:"prefix" json:"prefix"`
+
+	// Try bounds the wait for the lock. Zero waits forever.
+	Try time.Duration `mapstructure:"try" json:"try"`
+
+	// MonitorRetry is -monitor-retry. DefaultDeclaration sets
+	// lockexec.DefaultMonitorRetries; zero disables retrying.
+	MonitorRetry int `mapstructure:"monitor_retry" json:"monitor_retry"`
+
+	// Shell runs Command through /bin/sh -c (DefaultDeclaration sets true).
+	Shell bool `mapstructure:"shell" json:"shell"`
+
+	// Timeout kills the command if it runs longer. Zero means no limit.
+	Timeout time.Duration `mapstructure:"timeout" json:"timeout"`
+
+	// MaxAttempts is how many times the worker tries the action before
+	// marking it failed. DefaultDeclaration sets DefaultMaxAttempts.
+	MaxAttempts int `mapstructure:"max_attempts" json:"max_attempts"`
+}
+
+// LockOptions maps the declaration onto the lock runner's options. The
+// caller adds I/O, signals and logging.
+func (d Declaration) LockOptions() lockexec.Options {
+	return lockexec.Options{
+		Prefix:         d.Prefix,
+		Limit:          d.Limit,
+		SessionName:    "ct-supervise " + d.Name,
+		Try:            d.Try,
+		MonitorRetries: d.MonitorRetry,
+		Command:        d.Command,
+		Shell:          d.Shell,
+		Timeout:        d.Timeout,
+	}
+}

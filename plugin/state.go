@@ -1,0 +1,90 @@
+package plugin
+
+import "time"
+
+// StateVersion is written into the state file so that a future format can be
+// told apart from this one.
+const StateVersion = 1
+
+// State is everything kept in the state directory's state file: the declared
+// actions and where each stands in the queue. It is read and written whole,
+// under the directory lock, by Store.Update.
+type State struct {
+	// Version is StateVersion when written by this release.
+	Version int `json:"version"`
+
+	// Seq is the last queue sequence number handed out. Sequence numbers
+	// order the queue and let `exec -wait` tell its own run from older ones.
+	Seq uint64 `json:"seq"`
+
+	// Actions are keyed by declaration name.
+	Actions map[string]*Action `json:"actions"`
+
+	// Errors are the last rejected data declarations (issue: a bad JSON
+	// value in KV) keyed by declaration name, "" when no name could be read.
+	// A later good declaration of the same name clears its entry.
+	Errors map[string]DeclError `json:"errors,omitempty"`
+}
+
+// DeclError records a declaration that was rejected.
+type DeclError struct {
+	Message string    `json:"message"`
+	At      time.Time `json:"at"`
+}
+
+// Action is one declared action and its place in the queue.
+type Action struct {
+	// Declaration is the latest good declaration; a run always uses the
+	// declaration current when it starts.
+	Declaration Declaration `json:"declaration"`
+
+	// DeclaredAt is when Declaration last changed.
+	DeclaredAt time.Time `json:"declared_at"`
+
+	// Pending is set by register and cleared by exec: the action was
+	// (re)declared since it was last queued.
+	Pending bool `json:"pending"`
+
+	// Seq is the sequence number of the latest exec that queued the action;
+	// Done is the Seq the last finished run (success or final failure)
+	// covered. The action is queued while Seq > Done.
+	Seq  uint64 `json:"seq"`
+	Done uint64 `json:"done"`
+
+	// Running is true while a worker runs the action, RunSeq being the Seq
+	// the run covers. A worker that finds Running set at start-up knows its
+	// predecessor died mid-run and runs the action again.
+	Running bool   `json:"running"`
+	RunSeq  uint64 `json:"run_seq"`
+
+	// Attempts counts failed tries of the current Seq; NextAttempt is when
+	// the next try may start (zero: now).
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"next_attempt,omitempty"`
+
+	// Last is the outcome of the most recent try.
+	Last *Outcome `json:"last,omitempty"`
+}
+
+// Outcome is the result of one try of an action.
+type Outcome struct {
+	// OK is true when the command exited 0 under the lock.
+	OK bool `json:"ok"`
+
+	// ExitCode is the exit status ct-supervise run would have returned for
+	// this try (the child's own, or one of the documented codes).
+	ExitCode int `json:"exit_code"`
+
+	// Error describes a failure in one line; empty on success.
+	Error string `json:"error,omitempty"`
+
+	// Failed is true when the action was given up after MaxAttempts.
+	Failed bool `json:"failed,omitempty"`
+
+	// Seq is the queue sequence number the try covered.
+	Seq uint64 `json:"seq"`
+
+	// Started and Finished bracket the try, lock wait included.
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+}
