@@ -1,0 +1,58 @@
+# ct-supervise — build, test, demo and benchmarks.
+#
+# `make test` and `make demo` build what they need themselves: the real
+# consul (v1.21.0) and consul-template (v0.41.1) binaries are built once into
+# a cache outside the repository (see scripts/tools.sh) and put on PATH.
+
+SHELL        := /bin/bash
+.SHELLFLAGS  := -eu -o pipefail -c
+GO           ?= go
+BIN          := bin/ct-supervise
+FUZZTIME     ?= 15s
+TEST_TIMEOUT ?= 25m
+
+# The directory holding consul and consul-template, built on first use.
+TOOLS = $$(./scripts/tools.sh)
+
+.PHONY: all build tools fmt-check vet test unit integration fuzz demo bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) .
+
+tools:
+	@./scripts/tools.sh
+
+fmt-check:
+	@out=$$(gofmt -l . | grep -v '^vendor/' || true); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# Every test, integration included, with the race detector, then a short
+# fuzz run. Under CI=true no integration test may skip.
+test: fmt-check vet build
+	@bin=$(TOOLS); echo "using consul and consul-template from $$bin"; \
+	PATH="$$bin:$$PATH" $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) fuzz
+
+unit:
+	$(GO) test -race -count=1 -short ./plugin/ .
+
+integration: build
+	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./integration/
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzParseJSON -fuzztime=$(FUZZTIME) ./plugin/
+
+# A local Consul dev agent and five consul-template nodes rolling a reload.
+demo: build
+	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) run ./internal/demo -ct-supervise $(BIN)
+
+bench: build
+	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) run ./internal/bench -ct-supervise $(BIN)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"ct-supervise/lockexec"
+	"ct-supervise/plugin"
+)
+
+// Name and Version identify this build.
+const (
+	Name    = "ct-supervise"
+	Version = "0.1.0"
+)
+
+// Exit statuses beyond those of lockexec, which `run` shares.
+const (
+	ExitOK    = 0
+	ExitError = 1 // a subcommand failed for a reason it printed
+)
+
+const usageText = `Usage: ct-supervise [run] [flags] COMMAND
+       ct-supervise <subcommand> [flags] [args]
+
+Runs COMMAND under a Consul lock (-n 1) or semaphore (-n > 1), so that at
+most N nodes run it at once, cluster-wide.
+
+Subcommands:
+  run       Run a command under the lock now (the default subcommand).
+  register  Declare an action from a template: {{ plugin "ct-supervise" "register" ... }}.
+  exec      Queue declared actions for the background worker (template command).
+  worker    Drain the queue (started by exec; runnable in the foreground).
+  status    Show declared actions, the queue, the worker and lock holders.
+  version   Print the version.
+
+Run 'ct-supervise <subcommand> -h' for the flags of a subcommand.
+`
+
+// CLI is the command-line interface. Its streams are injected so that tests
+// can run it in-process.
+type CLI struct {
+	stdout io.Writer
+	stderr io.Writer
+	stdin  io.Reader
+}
+
+// NewCLI returns a CLI writing to stdout and stderr and reading stdin.
+func NewCLI(stdout, stderr io.Writer, stdin io.Reader) *CLI {
+	return &CLI{stdout: stdout, stderr: stderr, stdin: stdin}
+}
+
+// Run dispatches args (without the program name) and returns the exit
+// status.
+func (c *CLI) Run(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(c.stderr, usageText)
+		return lockexec.ExitUsage
+	}
+	switch args[0] {
+	case "run":
+		return c.runCommand(args[1:])
+	case "register":
+		return c.registerCommand(args[1:])
+	case "exec":
+		return c.execCommand(args[1:])
+	case "worker":
+		return c.workerCommand(args[1:])
+	case "status":
+		return c.statusCommand(args[1:])
+	case "version", "-version", "--version":
+		fmt.Fprintf(c.stdout, "%s v%s\n", Name, Version)
+		return ExitOK
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(c.stdout, usageText)
+		return ExitOK
+	default:
+		// `ct-supervise -n 1 'nginx -s reload'`, as the original request
+		// wrote it: flags or a command line means run.
+		return c.runCommand(args)
+	}
+}
+
+// errorf prints one error line for a subcommand and returns code.
+func (c *CLI) errorf(cmd string, code int, format string, a ...any) int {
+	msg := fmt.Sprintf(format, a...)
+	// Keep it to one line whatever the cause said.
+	msg = strings.ReplaceAll(strings.TrimSpace(msg), "\n", " ")
+	fmt.Fprintf(c.stderr, "%s %s: %s\n", Name, cmd, msg)
+	return code
+}
+
+// usageError reports bad usage with the hint to the help text.
+func (c *CLI) usageError(cmd string, err error) int {
+	c.errorf(cmd, lockexec.ExitUsage, "%v", err)
+	fmt.Fprintf(c.stderr, "Run '%s %s -h' for usage.\n", Name, cmd)
+	return lockexec.ExitUsage
+}
+
+// newFlagSet returns a flag set that reports nothing itself: errors go
+// through usageError so that each is one line.
+func newFlagSet(cmd string) *flag.FlagSet {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return fs
+}
+
+// parseFlags parses args; on -h it prints usage to stdout. done reports that
+// the caller should return code.
+func (c *CLI) parseFlags(fs *flag.FlagSet, cmd, usage string, args []string) (code int, done bool) {
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(c.stdout, usage)
+		fs.SetOutput(c.stdout)
+		fs.PrintDefaults()
+		return ExitOK, true
+	}
+	if err != nil {
+		return c.usageError(cmd, err), true
+	}
+	return 0, false
+}
+
+// newLogger returns the named hclog logger for a subcommand: info and above,
+// debug with -verbose.
+func newLogger(name string, verbose bool, out io.Writer) hclog.Logger {
+	level := hclog.Info
+	if verbose {
+		level = hclog.Debug
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name:   Name,
+		Level:  level,
+		Output: out,
+	}).Named(name)
+}
+
+// consulFlags are the connection flags shared by subcommands that talk to
+// Consul. Unset flags leave the CONSUL_* environment in charge.
+type consulFlags struct {
+	httpAddr string
+	token    string
+}
+
+func (f *consulFlags) bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.httpAddr, "http-addr", "", "Consul HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&f.token, "token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
+}
+
+func (f *consulFlags) client() (*api.Client, error) {
+	cfg := api.DefaultConfig()
+	if f.httpAddr != "" {
+		cfg.Address = f.httpAddr
+	}
+	if f.token != "" {
+		cfg.Token = f.token
+	}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return client, nil
+}
+
+// stateDirFlag binds -state-dir, whose default comes from the environment.
+func stateDirFlag(fs *flag.FlagSet) *string {
+	return fs.String("state-dir", "", "state directory (default $CT_SUPERVISE_STATE_DIR, /var/lib/ct-supervise for root, else $XDG_STATE_HOME/ct-supervise)")
+}
+
+// openStore opens the state directory named by flag or default, as an
+// absolute path so that the worker finds the same one from anywhere.
+func openStore(dir string) (*plugin.Store, error) {
+	if dir == "" {
+		d, err := plugin.DefaultStateDir()
+		if err != nil {
+			return nil, err
+		}
+		dir = d
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("state directory %q: %w", dir, err)
+	}
+	return plugin.Open(abs)
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"ct-supervise/plugin"
+	"ct-supervise/worker"
+)
+
+const execUsage = `Usage: ct-supervise exec [flags] [NAME...]
+
+Queues the named declared actions (none named: every action registered since
+the last exec) for the background worker, starts the worker if none runs
+for the state directory, and returns at once, whatever the lock contention.
+Use it as the template's post-render command:
+
+  command = "ct-supervise exec"
+
+With -wait it instead waits for the queued actions to finish (retries
+included) and exits with the status of the first one that failed.
+
+Flags:
+`
+
+// execPollInterval is how often exec -wait re-reads the queue.
+const execPollInterval = 100 * time.Millisecond
+
+// execCommand is `ct-supervise exec`, consul-template's post-render command.
+// Its runner blocks while we run, so all waiting is left to the worker.
+func (c *CLI) execCommand(args []string) int {
+	const cmd = "exec"
+	fs := newFlagSet(cmd)
+	wait := fs.Bool("wait", false, "wait for the queued actions to finish and exit with their status (for -once runs and scripts)")
+	waitTimeout := fs.Duration("wait-timeout", 0, "with -wait, give up waiting after this long (0: no limit)")
+	stateDir := stateDirFlag(fs)
+	verbose := fs.Bool("verbose", false, "debug logging on standard error (the worker logs at debug level too)")
+	if code, done := c.parseFlags(fs, cmd, execUsage, args); done {
+		return code
+	}
+	if *waitTimeout < 0 {
+		return c.usageError(cmd, fmt.Errorf("-wait-timeout must not be negative, got %s", *waitTimeout))
+	}
+	log := newLogger(cmd, *verbose, c.stderr)
+	store, err := openStore(*stateDir)
+	if err != nil {
+		return c.errorf(cmd, ExitError, "%v", err)
+	}
+
+	var tickets []plugin.Ticket
+	var queued int
+	err = store.Update(func(st *plugin.State) error {
+		var err error
+		tickets, err = st.Enqueue(fs.Args(), time.Now())
+		queued = st.QueueLen()
+		return err
+	})
+	if err != nil {
+		return c.errorf(cmd, ExitError, "%v", err)
+	}
+	log.Debug("queued", "actions", ticketNames(tickets), "queue_length", queued)
+	if queued == 0 {
+		return ExitOK
+	}
+	if err := c.startWorker(store, *verbose); err != nil {
+		return c.errorf(cmd, ExitError, "%v", err)
+	}
+	if !*wait {
+		return ExitOK
+	}
+	return c.waitFor(cmd, store, tickets, *waitTimeout, *verbose)
+}
+
+// startWorker makes sure a worker drains the queue.
+func (c *CLI) startWorker(store *plugin.Store, verbose bool) error {
+	exe, err := worker.Executable()
+	if err != nil {
+		return err
+	}
+	args := []string{"-state-dir", store.Dir(), "-detached"}
+	if verbose {
+		args = append(args, "-verbose")
+	}
+	_, err = worker.Start(store.Path(worker.LockFile), exe, args)
+	return err
+}
+
+// waitFor blocks until every ticket is covered by a finished run. It starts
+// a new worker if the one draining the queue dies meanwhile.
+func (c *CLI) waitFor(cmd string, store *plugin.Store, tickets []plugin.Ticket, limit time.Duration, verbose bool) int {
+	var deadline time.Time
+	if limit > 0 {
+		deadline = time.Now().Add(limit)
+	}
+	for {
+		st, err := store.Load()
+		if err != nil {
+			return c.errorf(cmd, ExitError, "%v", err)
+		}
+		remaining := 0
+		for _, t := range tickets {
+			if a := st.Actions[t.Name]; a != nil && a.Done < t.Seq {
+				remaining++
+			}
+		}
+		if remaining == 0 {
+			return c.report(cmd, st, tickets)
+		}
+		if !deadline.IsZero() && time.Now().After(deadline) {
+			return c.errorf(cmd, ExitError, "%d action(s) still queued or running after -wait-timeout %s (they stay queued)", remaining, limit)
+		}
+		if st.QueueLen() > 0 {
+			if err := c.startWorker(store, verbose); err != nil {
+				return c.errorf(cmd, ExitError, "%v", err)
+			}
+		}
+		time.Sleep(execPollInterval)
+	}
+}
+
+// report prints failed actions and returns the status of the first failure.
+func (c *CLI) report(cmd string, st *plugin.State, tickets []plugin.Ticket) int {
+	code := ExitOK
+	for _, t := range tickets {
+		a := st.Actions[t.Name]
+		if a == nil || a.Last == nil || a.Last.OK {
+			continue
+		}
+		c.errorf(cmd, a.Last.ExitCode, "action %q failed: %s", t.Name, a.Last.Error)
+		if code == ExitOK {
+			code = a.Last.ExitCode
+			if code == 0 {
+				code = ExitError
+			}
+		}
+	}
+	return code
+}
+
+func ticketNames(ts []plugin.Ticket) string {
+	names := make([]string, len(ts))
+	for i, t := range ts {
+		names[i] = t.Name
+	}
+	return strings.Join(names, ",")
+}

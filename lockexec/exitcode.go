@@ -1,0 +1,51 @@
+package lockexec
+
+import "errors"
+
+// Exit statuses of `ct-supervise run` other than the child's own. They sit in
+// the sysexits(3) range, which reload commands rarely use, so that scripts
+// can tell "the command failed" from "ct-supervise could not run it".
+const (
+	ExitUsage             = 64  // bad flags or arguments (EX_USAGE)
+	ExitConsulUnreachable = 69  // Consul could not be reached (EX_UNAVAILABLE)
+	ExitInternal          = 70  // any other failure of ct-supervise itself (EX_SOFTWARE)
+	ExitNotAcquired       = 75  // lock not acquired within -try (EX_TEMPFAIL)
+	ExitLockLost          = 76  // lock lost while the command ran; it was terminated
+	ExitLimitMismatch     = 78  // another holder uses the prefix with another -n (EX_CONFIG)
+	ExitTimeout           = 124 // the command ran past -timeout, as timeout(1) reports it
+	ExitInterrupted       = 130 // interrupted by a signal before the command finished
+)
+
+// ExitStatus maps the outcome of Run onto the status `ct-supervise run`
+// exits with: the child's own status when it ran to completion under the
+// lock, otherwise the code for the error.
+func ExitStatus(res Result, err error) int {
+	switch {
+	case err == nil:
+		return res.ExitCode
+	case errors.Is(err, ErrInvalidOptions):
+		return ExitUsage
+	case errors.Is(err, ErrConsulUnreachable):
+		return ExitConsulUnreachable
+	case errors.Is(err, ErrNotAcquired):
+		return ExitNotAcquired
+	case errors.Is(err, ErrLockLost):
+		return ExitLockLost
+	case errors.Is(err, ErrLimitMismatch):
+		return ExitLimitMismatch
+	case errors.Is(err, ErrTimeout):
+		return ExitTimeout
+	case errors.Is(err, ErrInterrupted):
+		if res.Started && res.ExitCode > 0 {
+			return res.ExitCode
+		}
+		return ExitInterrupted
+	default:
+		// The child may have finished before a release failure; its status
+		// still says more than a generic code.
+		if res.Started && res.ExitCode != 0 {
+			return res.ExitCode
+		}
+		return ExitInternal
+	}
+}

@@ -1,0 +1,219 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Retry backoff defaults for failed tries (non-zero exit, lock not acquired
+// within -try, lock lost): the wait doubles from DefaultRetryBase up to
+// DefaultRetryMax.
+const (
+	DefaultRetryBase = 2 * time.Second
+	DefaultRetryMax  = 2 * time.Minute
+)
+
+// ErrUnknownAction is returned when `exec NAME` names an action no template
+// has declared.
+var ErrUnknownAction = errors.New("unknown action")
+
+// Ticket identifies one queued request: the action and the queue sequence
+// number its run must reach. `exec -wait` waits until Done >= Seq.
+type Ticket struct {
+	Name string
+	Seq  uint64
+}
+
+// Backoff is the retry policy for failed tries. Zero fields mean the
+// defaults above.
+type Backoff struct {
+	Base time.Duration
+	Max  time.Duration
+}
+
+// Delay returns the wait before try number attempt+1, attempt >= 1 being the
+// number of failures so far.
+func (b Backoff) Delay(attempt int) time.Duration {
+	base, max := b.Base, b.Max
+	if base <= 0 {
+		base = DefaultRetryBase
+	}
+	if max <= 0 {
+		max = DefaultRetryMax
+	}
+	d := base
+	for i := 1; i < attempt && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	return d
+}
+
+// NewState returns an empty state of the current version.
+func NewState() *State {
+	return &State{
+		Version: StateVersion,
+		Actions: map[string]*Action{},
+		Errors:  map[string]DeclError{},
+	}
+}
+
+// Queued reports whether the action waits for (another) run.
+func (a *Action) Queued() bool { return a.Seq > a.Done }
+
+// Enqueue queues the named actions, or every pending one when names is
+// empty, and clears their Pending mark. It coalesces: an action already
+// queued and not yet started keeps its place and runs once; an action queued
+// while it runs gets a new place and runs once more afterwards, with the
+// declaration current at that time.
+func (st *State) Enqueue(names []string, now time.Time) ([]Ticket, error) {
+	if len(names) == 0 {
+		for name, a := range st.Actions {
+			if a.Pending {
+				names = append(names, name)
+			}
+		}
+		sort.Strings(names)
+	}
+	for _, name := range names {
+		if _, ok := st.Actions[name]; !ok {
+			return nil, fmt.Errorf("%w %q: no template has registered it in this state directory", ErrUnknownAction, name)
+		}
+	}
+	tickets := make([]Ticket, 0, len(names))
+	for _, name := range names {
+		a := st.Actions[name]
+		a.Pending = false
+		switch {
+		case a.Queued() && !(a.Running && a.RunSeq == a.Seq):
+			// Not started yet: it will run with the newest declaration
+			// anyway. A try waiting out a backoff is retried now, since the
+			// new render may have fixed what failed.
+			a.NextAttempt = time.Time{}
+		default:
+			st.Seq++
+			a.Seq = st.Seq
+			if !a.Running {
+				a.Attempts = 0
+				a.NextAttempt = time.Time{}
+			}
+		}
+		tickets = append(tickets, Ticket{Name: name, Seq: a.Seq})
+	}
+	return tickets, nil
+}
+
+// QueueLen is the number of actions waiting for a run, running ones
+// included.
+func (st *State) QueueLen() int {
+	n := 0
+	for _, a := range st.Actions {
+		if a.Queued() {
+			n++
+		}
+	}
+	return n
+}
+
+// Next picks the action to run now: among queued actions that are not
+// running and whose backoff has passed, the one queued first. When none is
+// due but some wait out a backoff, wait says how long until the earliest.
+func (st *State) Next(now time.Time) (name string, wait time.Duration, found bool) {
+	var best *Action
+	for n, a := range st.Actions {
+		if !a.Queued() || a.Running {
+			continue
+		}
+		if a.NextAttempt.After(now) {
+			if w := a.NextAttempt.Sub(now); wait == 0 || w < wait {
+				wait = w
+			}
+			continue
+		}
+		if best == nil || a.Seq < best.Seq || (a.Seq == best.Seq && n < name) {
+			best, name = a, n
+		}
+	}
+	if best == nil {
+		return "", wait, false
+	}
+	return name, 0, true
+}
+
+// Begin marks the action running and returns the declaration to run and
+// the queue sequence number the run covers.
+func (st *State) Begin(name string) (Declaration, uint64, error) {
+	a, ok := st.Actions[name]
+	if !ok {
+		return Declaration{}, 0, fmt.Errorf("%w %q", ErrUnknownAction, name)
+	}
+	a.Running = true
+	a.RunSeq = a.Seq
+	return a.Declaration, a.RunSeq, nil
+}
+
+// Abandon clears the running mark without recording a try, leaving the
+// action queued: used when the worker stops mid-run (the next worker runs
+// it again) and at start-up for runs a dead worker left behind.
+func (st *State) Abandon(name string) {
+	if a, ok := st.Actions[name]; ok {
+		a.Running = false
+	}
+}
+
+// Interrupted returns, sorted, the actions marked running. Called by a
+// worker that has just taken the worker lock, these are runs its
+// predecessor did not finish.
+func (st *State) Interrupted() []string {
+	var names []string
+	for n, a := range st.Actions {
+		if a.Running {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Finish records the outcome of a run started with Begin. A success covers
+// the run's sequence number. A failure is retried after a backoff, until
+// the declaration's MaxAttempts is reached: then it is marked failed and
+// the sequence number counts as done so the queue moves on; the failure
+// stays visible in Last. Transient failures are retried without limit. A newer request that arrived during the failed run
+// starts afresh with no backoff.
+func (st *State) Finish(name string, out Outcome, b Backoff) {
+	a, ok := st.Actions[name]
+	if !ok {
+		return
+	}
+	a.Running = false
+	out.Seq = a.RunSeq
+	switch {
+	case out.OK:
+		a.Done = max(a.Done, a.RunSeq)
+		a.Attempts = 0
+		a.NextAttempt = time.Time{}
+	case a.Seq > a.RunSeq:
+		a.Attempts = 0
+		a.NextAttempt = time.Time{}
+	default:
+		a.Attempts++
+		limit := a.Declaration.MaxAttempts
+		if limit < 1 {
+			limit = DefaultMaxAttempts
+		}
+		if a.Attempts >= limit && !out.Transient {
+			out.Failed = true
+			a.Done = max(a.Done, a.RunSeq)
+			a.Attempts = 0
+			a.NextAttempt = time.Time{}
+		} else {
+			a.NextAttempt = out.Finished.Add(b.Delay(a.Attempts))
+		}
+	}
+	a.Last = &out
+}

@@ -1,0 +1,208 @@
+package plugin
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func stateWith(names ...string) *State {
+	st := NewState()
+	for _, n := range names {
+		d := DefaultDeclaration()
+		d.Name = n
+		d.Command = []string{"true"}
+		st.Actions[n] = &Action{Declaration: d, Pending: true}
+	}
+	return st
+}
+
+func mustEnqueue(t *testing.T, st *State, names ...string) []Ticket {
+	t.Helper()
+	tk, err := st.Enqueue(names, time.Now())
+	if err != nil {
+		t.Fatalf("Enqueue(%v): %v", names, err)
+	}
+	return tk
+}
+
+func TestEnqueuePendingOnlyAndOrder(t *testing.T) {
+	st := stateWith("b", "a", "c")
+	st.Actions["c"].Pending = false
+	tk := mustEnqueue(t, st)
+	if len(tk) != 2 || tk[0].Name != "a" || tk[1].Name != "b" {
+		t.Fatalf("tickets = %+v, want a then b", tk)
+	}
+	if st.Actions["a"].Pending || st.Actions["b"].Pending {
+		t.Fatal("exec must clear the pending mark")
+	}
+	if st.Actions["c"].Queued() {
+		t.Fatal("a declaration that is not pending must not be queued by a bare exec")
+	}
+	if got := st.QueueLen(); got != 2 {
+		t.Fatalf("QueueLen = %d, want 2", got)
+	}
+	// Queued later, runs later: c queued now goes behind a and b.
+	mustEnqueue(t, st, "c")
+	var order []string
+	for {
+		name, _, ok := st.Next(time.Now())
+		if !ok {
+			break
+		}
+		if _, _, err := st.Begin(name); err != nil {
+			t.Fatal(err)
+		}
+		st.Finish(name, Outcome{OK: true, Finished: time.Now()}, Backoff{})
+		order = append(order, name)
+	}
+	if want := []string{"a", "b", "c"}; len(order) != 3 || order[0] != want[0] || order[1] != want[1] || order[2] != want[2] {
+		t.Fatalf("run order = %v, want %v", order, want)
+	}
+	if st.QueueLen() != 0 {
+		t.Fatalf("queue not drained: %d left", st.QueueLen())
+	}
+}
+
+func TestEnqueueUnknownName(t *testing.T) {
+	st := stateWith("a")
+	_, err := st.Enqueue([]string{"a", "nope"}, time.Now())
+	if !errors.Is(err, ErrUnknownAction) {
+		t.Fatalf("err = %v, want ErrUnknownAction", err)
+	}
+	if st.Actions["a"].Queued() || !st.Actions["a"].Pending {
+		t.Fatal("a failed exec must change nothing")
+	}
+}
+
+// The coalescing contract: requests before the run starts collapse into it;
+// requests during the run give exactly one more run.
+func TestCoalescing(t *testing.T) {
+	cases := []struct {
+		name         string
+		beforeStart  int
+		duringRun    int
+		wantRunCount int
+	}{
+		{"single", 1, 0, 1},
+		{"burst before start", 20, 0, 1},
+		{"one during run", 1, 1, 2},
+		{"burst during run", 1, 20, 2},
+		{"bursts before and during", 5, 19, 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st := stateWith("a")
+			for i := 0; i < tc.beforeStart; i++ {
+				mustEnqueue(t, st, "a")
+			}
+			runs := 0
+			first := true
+			for {
+				name, _, ok := st.Next(time.Now())
+				if !ok {
+					break
+				}
+				if _, _, err := st.Begin(name); err != nil {
+					t.Fatal(err)
+				}
+				runs++
+				if first {
+					for i := 0; i < tc.duringRun; i++ {
+						mustEnqueue(t, st, "a")
+					}
+					first = false
+				}
+				if _, _, ok := st.Next(time.Now()); ok {
+					t.Fatal("a running action must not be handed out twice")
+				}
+				st.Finish(name, Outcome{OK: true, Finished: time.Now()}, Backoff{})
+				if runs > 10 {
+					t.Fatal("queue never drains")
+				}
+			}
+			if runs != tc.wantRunCount {
+				t.Fatalf("ran %d times, want %d", runs, tc.wantRunCount)
+			}
+		})
+	}
+}
+
+func TestRetryBackoffThenFailed(t *testing.T) {
+	st := stateWith("a")
+	st.Actions["a"].Declaration.MaxAttempts = 3
+	tk := mustEnqueue(t, st, "a")
+	now := time.Unix(1000, 0)
+	b := Backoff{Base: time.Second, Max: 10 * time.Second}
+	for attempt := 1; attempt <= 3; attempt++ {
+		name, wait, ok := st.Next(now)
+		if !ok {
+			t.Fatalf("attempt %d: nothing due (wait %s)", attempt, wait)
+		}
+		st.Begin(name)
+		st.Finish(name, Outcome{ExitCode: 1, Error: "exit 1", Finished: now}, b)
+		if attempt < 3 {
+			_, wait, ok := st.Next(now)
+			if ok || wait != b.Delay(attempt) {
+				t.Fatalf("after failure %d: ok=%v wait=%s, want backoff %s", attempt, ok, wait, b.Delay(attempt))
+			}
+			now = now.Add(wait)
+		}
+	}
+	a := st.Actions["a"]
+	if a.Queued() || a.Last == nil || !a.Last.Failed || a.Last.Seq != tk[0].Seq {
+		t.Fatalf("after MaxAttempts: queued=%v last=%+v, want failed and done", a.Queued(), a.Last)
+	}
+	// A new request starts afresh.
+	mustEnqueue(t, st, "a")
+	if _, _, ok := st.Next(now); !ok || a.Attempts != 0 {
+		t.Fatalf("a new exec must retry a failed action at once (attempts %d)", a.Attempts)
+	}
+}
+
+func TestBackoffDelay(t *testing.T) {
+	b := Backoff{Base: time.Second, Max: 5 * time.Second}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	for i, w := range want {
+		if got := b.Delay(i + 1); got != w {
+			t.Errorf("Delay(%d) = %s, want %s", i+1, got, w)
+		}
+	}
+	if got := (Backoff{}).Delay(100); got != DefaultRetryMax {
+		t.Errorf("default Delay(100) = %s, want %s", got, DefaultRetryMax)
+	}
+}
+
+func TestInterruptedRunIsRunAgain(t *testing.T) {
+	st := stateWith("a")
+	mustEnqueue(t, st, "a")
+	name, _, _ := st.Next(time.Now())
+	st.Begin(name)
+	// The worker dies here. Its successor finds the mark:
+	if got := st.Interrupted(); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("Interrupted = %v", got)
+	}
+	st.Abandon("a")
+	if name, _, ok := st.Next(time.Now()); !ok || name != "a" {
+		t.Fatal("an interrupted action must be run again")
+	}
+}
+
+func TestTransientFailuresNeverGiveUp(t *testing.T) {
+	st := stateWith("a")
+	st.Actions["a"].Declaration.MaxAttempts = 2
+	mustEnqueue(t, st, "a")
+	now := time.Unix(1000, 0)
+	for i := 0; i < 10; i++ {
+		name, wait, ok := st.Next(now)
+		if !ok {
+			t.Fatalf("try %d: nothing due (wait %s); a transient failure must stay queued", i, wait)
+		}
+		st.Begin(name)
+		st.Finish(name, Outcome{ExitCode: 69, Transient: true, Finished: now}, Backoff{})
+		now = st.Actions["a"].NextAttempt
+	}
+	if a := st.Actions["a"]; !a.Queued() || a.Last.Failed {
+		t.Fatal("an action failing only because Consul is unreachable must never be given up")
+	}
+}

@@ -1,0 +1,79 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// LockFile is the file in the state directory that the running worker holds
+// an exclusive OS lock on; it also contains the worker's pid.
+const LockFile = "worker.lock"
+
+// ErrAlreadyRunning is returned when another worker holds the state
+// directory.
+var ErrAlreadyRunning = errors.New("another worker is already running for this state directory")
+
+// instanceLock is the worker's single-instance lock. The OS drops it when
+// the process dies, however it dies, so a crashed worker never blocks its
+// successor.
+type instanceLock struct{ f *os.File }
+
+func acquireInstanceLock(path string) (*instanceLock, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening worker lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, ErrAlreadyRunning
+		}
+		return nil, fmt.Errorf("locking %s: %w", path, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &instanceLock{f: f}, nil
+}
+
+// release drops the lock. Safe to call twice.
+func (l *instanceLock) release() {
+	if l.f == nil {
+		return
+	}
+	_ = syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
+	_ = l.f.Close()
+	l.f = nil
+}
+
+// RunningPID reports the pid of the worker holding the lock at path, or 0
+// when no worker is running.
+func RunningPID(path string) (int, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	// A shared lock succeeds only if no worker holds the exclusive one.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err == nil {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		return 0, nil
+	} else if !errors.Is(err, syscall.EWOULDBLOCK) {
+		return 0, fmt.Errorf("checking %s: %w", path, err)
+	}
+	b := make([]byte, 32)
+	n, _ := f.ReadAt(b, 0)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n])))
+	if err != nil || pid <= 0 {
+		// Held, but the pid is not written yet: report "running".
+		return -1, nil
+	}
+	return pid, nil
+}
