@@ -32,18 +32,22 @@ Flags:
 
 // ActionStatus is one action in `status -json`.
 type ActionStatus struct {
-	Name        string              `json:"name"`
-	State       string              `json:"state"`
-	Command     string              `json:"command"`
-	Limit       int                 `json:"n"`
-	Prefix      string              `json:"prefix"`
-	Attempts    int                 `json:"attempts,omitempty"`
-	NextAttempt *time.Time          `json:"next_attempt,omitempty"`
-	Last        *plugin.Outcome     `json:"last,omitempty"`
-	Holders     []lockexec.Holder   `json:"holders"`
-	HoldersErr  string              `json:"holders_error,omitempty"`
-	Rejected    *plugin.DeclError   `json:"rejected,omitempty"`
-	Declaration *plugin.Declaration `json:"declaration"`
+	Name         string            `json:"name"`
+	State        string            `json:"state"`
+	Command      []string          `json:"command"`
+	Shell        bool              `json:"shell"`
+	Limit        int               `json:"n"`
+	Prefix       string            `json:"prefix"`
+	Try          string            `json:"try"`
+	Timeout      string            `json:"timeout"`
+	MonitorRetry int               `json:"monitor_retry"`
+	MaxAttempts  int               `json:"max_attempts"`
+	Attempts     int               `json:"attempts,omitempty"`
+	NextAttempt  *time.Time        `json:"next_attempt,omitempty"`
+	Last         *plugin.Outcome   `json:"last,omitempty"`
+	Holders      []lockexec.Holder `json:"holders"`
+	HoldersErr   string            `json:"holders_error,omitempty"`
+	Rejected     *plugin.DeclError `json:"rejected,omitempty"`
 }
 
 // Status is the whole of `status -json`.
@@ -98,9 +102,10 @@ func (c *CLI) statusCommand(args []string) int {
 		a := st.Actions[n]
 		d := a.Declaration
 		as := ActionStatus{
-			Name: n, State: actionState(a, pid != 0), Command: strings.Join(d.Command, " "),
-			Limit: d.Limit, Prefix: d.Prefix, Attempts: a.Attempts, Last: a.Last,
-			Declaration: &d, Holders: []lockexec.Holder{},
+			Name: n, State: actionState(a, pid != 0), Command: d.Command, Shell: d.Shell,
+			Limit: d.Limit, Prefix: d.Prefix, Try: d.Try.String(), Timeout: d.Timeout.String(),
+			MonitorRetry: d.MonitorRetry, MaxAttempts: d.MaxAttempts,
+			Attempts: a.Attempts, Last: a.Last, Holders: []lockexec.Holder{},
 		}
 		if !a.NextAttempt.IsZero() {
 			t := a.NextAttempt

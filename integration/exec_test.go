@@ -1,0 +1,222 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// statusOf returns `status -json` of a node, decoded loosely.
+func (n *node) status() map[string]any {
+	n.t.Helper()
+	r := n.mustRun("status", "-json")
+	var s map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		n.t.Fatalf("status -json: %v\n%s", err, r.stdout)
+	}
+	return s
+}
+
+// holdLock takes the lock at prefix from the test itself, as another node
+// would, and returns its release function.
+func holdLock(t *testing.T, prefix string) func() {
+	t.Helper()
+	client, err := agent.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := client.LockOpts(&api.LockOptions{Key: prefix + "/.lock", SessionName: "test holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Lock(nil); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release := func() { once.Do(func() { _ = l.Unlock(); _ = l.Destroy() }) }
+	t.Cleanup(release)
+	return release
+}
+
+func TestRegisterConcurrentNeverCorrupts(t *testing.T) {
+	n := newNode(t, "node1")
+	names := []string{"alpha", "beta", "gamma", "delta"}
+	var wg sync.WaitGroup
+	errs := make(chan string, 200)
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			name := names[i%len(names)]
+			r := n.run("register", "-name="+name, fmt.Sprintf("-n=%d", 1+i%3), "echo "+name)
+			if r.code != 0 || r.stdout != "" {
+				errs <- fmt.Sprintf("register %d: exit %d stdout %q stderr %q", i, r.code, r.stdout, r.stderr)
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	st := n.status()
+	actions, _ := st["actions"].([]any)
+	if len(actions) != len(names) {
+		t.Fatalf("%d actions declared, want %d: %v", len(actions), len(names), actions)
+	}
+	seen := map[string]int{}
+	for _, a := range actions {
+		seen[a.(map[string]any)["name"].(string)]++
+	}
+	for _, name := range names {
+		if seen[name] != 1 {
+			t.Errorf("action %q declared %d times", name, seen[name])
+		}
+	}
+	left, _ := filepath.Glob(filepath.Join(n.stateDir, "*.tmp*"))
+	if len(left) > 0 {
+		t.Errorf("temporary files left behind: %v", left)
+	}
+}
+
+func TestExecReturnsWhileLockIsHeldElsewhere(t *testing.T) {
+	n := newNode(t, "node1")
+	n.logOnFailure()
+	marker := filepath.Join(t.TempDir(), "ran")
+	n.mustRun("register", "-name=held", "date +%s%N >> "+marker)
+	release := holdLock(t, "ct-supervise/held")
+
+	r := n.mustRun("exec")
+	// Functional, not a speed target: exec must not wait for the lock,
+	// which is held for as long as this test wants. Speed is benchmarked.
+	if r.took > 10*time.Second {
+		t.Fatalf("exec took %s while the lock was held elsewhere", r.took)
+	}
+	time.Sleep(time.Second)
+	if got := lines(marker); len(got) != 0 {
+		t.Fatalf("action ran while another node held the lock: %v", got)
+	}
+	if n.workerPID() == 0 {
+		t.Fatal("no worker is waiting for the lock")
+	}
+	released := time.Now()
+	release()
+	waitFor(t, 20*time.Second, "the action to run after the release", func() bool { return len(lines(marker)) == 1 })
+	t.Logf("action ran %s after the release", time.Since(released))
+	waitFor(t, 10*time.Second, "the worker to exit on an empty queue", func() bool { return n.workerPID() == 0 })
+}
+
+func TestExecCoalescesRequestsDuringRun(t *testing.T) {
+	n := newNode(t, "node1")
+	n.logOnFailure()
+	dir := t.TempDir()
+	started, gate := filepath.Join(dir, "started"), filepath.Join(dir, "gate")
+	// Each run records itself, then waits for the test to open the gate.
+	n.mustRun("register", "-name=coalesce",
+		fmt.Sprintf("echo run >> %s; while [ ! -e %s ]; do sleep 0.05; done", started, gate))
+	n.mustRun("exec")
+	waitFor(t, 20*time.Second, "the first run to start", func() bool { return len(lines(started)) == 1 })
+
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.mustRun("exec", "coalesce") }()
+	}
+	wg.Wait()
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The worker exits only once the queue is empty.
+	waitFor(t, 30*time.Second, "the queue to drain", func() bool { return n.workerPID() == 0 })
+	if got := len(lines(started)); got != 2 {
+		t.Fatalf("the action ran %d times, want exactly 2 (one run, then one for the 20 requests made during it)", got)
+	}
+}
+
+func TestWorkerKilledMidActionRunsItAgain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for a session TTL")
+	}
+	n := newNode(t, "node1")
+	n.logOnFailure()
+	ledger := filepath.Join(t.TempDir(), "ledger")
+	n.mustRun("register", "-name=killed", fmt.Sprintf("echo start >> %s; sleep 3; echo end >> %s", ledger, ledger))
+	n.mustRun("exec")
+	waitFor(t, 20*time.Second, "the action to start", func() bool { return len(lines(ledger)) == 1 })
+	pid := n.workerPID()
+	if pid == 0 {
+		t.Fatal("no worker")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the worker to die", func() bool { return n.workerPID() == 0 })
+
+	// A new exec with nothing pending still restarts the worker for the
+	// interrupted run; it completes once the dead worker's session is gone.
+	n.mustRun("exec")
+	waitFor(t, 90*time.Second, "the interrupted action to run again", func() bool {
+		starts := 0
+		for _, l := range lines(ledger) {
+			if l == "start" {
+				starts++
+			}
+		}
+		return starts == 2
+	})
+	waitFor(t, 20*time.Second, "the rerun to finish", func() bool { return n.workerPID() == 0 })
+	st := n.status()
+	a := st["actions"].([]any)[0].(map[string]any)
+	if a["state"] != "idle" || a["last"].(map[string]any)["ok"] != true {
+		t.Fatalf("after the rerun: %v", a)
+	}
+}
+
+func TestExecWithConsulDownRunsWhenItIsBack(t *testing.T) {
+	n := newNode(t, "node1")
+	n.logOnFailure()
+	marker := filepath.Join(t.TempDir(), "ran")
+	n.mustRun("register", "-name=outage", "echo ran >> "+marker)
+	agent.Stop()
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			if err := agent.Restart(); err != nil {
+				t.Errorf("restarting consul: %v", err)
+			}
+		}
+	})
+	r := n.mustRun("exec")
+	if r.took > 10*time.Second {
+		t.Fatalf("exec took %s with Consul down", r.took)
+	}
+	time.Sleep(2 * time.Second)
+	if len(lines(marker)) != 0 {
+		t.Fatal("action ran without a lock")
+	}
+	if err := agent.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	waitFor(t, 60*time.Second, "the action to run once Consul is back", func() bool { return len(lines(marker)) == 1 })
+	if !strings.Contains(readFile(t, filepath.Join(n.stateDir, "worker.log")), "unreachable") {
+		t.Error("the worker log does not say Consul was unreachable")
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -1,0 +1,112 @@
+package lockexec
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Consul refuses session TTLs outside this range; checking here turns an
+// opaque 500 from the agent into a usage error before anything is created.
+const (
+	minSessionTTL = 10 * time.Second
+	maxSessionTTL = 24 * time.Hour
+)
+
+// validate reports the first problem with opts as an error wrapping
+// ErrInvalidOptions. It never talks to Consul.
+func (o *Options) validate() error {
+	invalid := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidOptions, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case o.Prefix == "":
+		return invalid("the lock prefix is required")
+	case strings.HasPrefix(o.Prefix, "/"):
+		return invalid("the lock prefix %q must not start with /", o.Prefix)
+	case strings.HasSuffix(o.Prefix, "/"):
+		// A lock would use "p//.lock" and a semaphore "p/.lock": holders
+		// that spell the prefix differently would not exclude each other.
+		return invalid("the lock prefix %q must not end with /", o.Prefix)
+	case o.Limit < 0:
+		return invalid("the holders limit must not be negative, got %d", o.Limit)
+	case o.MonitorRetries < 0:
+		return invalid("monitor retries must not be negative, got %d", o.MonitorRetries)
+	}
+	durations := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"try", o.Try},
+		{"monitor retry time", o.MonitorRetryTime},
+		{"session TTL", o.SessionTTL},
+		{"lock delay", o.LockDelay},
+		{"timeout", o.Timeout},
+		{"kill grace", o.KillGrace},
+	}
+	for _, d := range durations {
+		if d.d < 0 {
+			return invalid("the %s must not be negative, got %s", d.name, d.d)
+		}
+	}
+	if o.SessionTTL != 0 && (o.SessionTTL < minSessionTTL || o.SessionTTL > maxSessionTTL) {
+		return invalid("the session TTL must be between %s and %s, got %s", minSessionTTL, maxSessionTTL, o.SessionTTL)
+	}
+	if len(o.Command) == 0 {
+		return invalid("a command is required")
+	}
+	if argv := o.argv(); len(argv) == 0 || argv[0] == "" {
+		return invalid("the command %q is empty", o.Command)
+	}
+	return nil
+}
+
+// withDefaults returns a copy of o with every zero field that has a default
+// filled in. It assumes o is valid.
+func (o Options) withDefaults() Options {
+	if o.Limit == 0 {
+		o.Limit = DefaultLimit
+	}
+	if o.SessionName == "" {
+		o.SessionName = "ct-supervise " + o.Prefix
+	}
+	if o.MonitorRetryTime == 0 {
+		o.MonitorRetryTime = DefaultMonitorRetryTime
+	}
+	if o.SessionTTL == 0 {
+		o.SessionTTL = DefaultSessionTTL
+	}
+	if o.KillGrace == 0 {
+		o.KillGrace = DefaultKillGrace
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	return o
+}
+
+// argv is the command line to execute. With Shell the words are handed to
+// /bin/sh as one script; otherwise a lone string is split on white space
+// (no quoting, as documented) and several strings are used as they are, so
+// callers that already have an argv need not worry about spaces.
+func (o *Options) argv() []string {
+	switch {
+	case o.Shell:
+		script := strings.Join(o.Command, " ")
+		if strings.TrimSpace(script) == "" {
+			return nil
+		}
+		return []string{"/bin/sh", "-c", script}
+	case len(o.Command) == 1:
+		return strings.Fields(o.Command[0])
+	default:
+		return o.Command
+	}
+}
+
+// lockKey is the key a lock holds and a semaphore keeps its state in.
+func (o *Options) lockKey() string {
+	return o.Prefix + "/" + LockKeySuffix
+}

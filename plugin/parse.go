@@ -1,0 +1,385 @@
+package plugin
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"reflect"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/mitchellh/mapstructure"
+
+	"ct-supervise/lockexec"
+)
+
+// maxSlugLength bounds the readable part of a generated name, leaving room
+// for the hash suffix well within MaxNameLength.
+const maxSlugLength = 40
+
+// nameRE is what a declaration name may look like: it is used as a key in
+// the state file, as an argument of `exec NAME` and inside the default lock
+// prefix, so it stays within characters that are safe in all three.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// DefaultDeclaration returns a declaration with every default set: Limit 1,
+// MonitorRetry lockexec.DefaultMonitorRetries, Shell true, MaxAttempts
+// DefaultMaxAttempts. Parsers start from it so that an omitted flag or key
+// means the default rather than the zero value.
+func DefaultDeclaration() Declaration {
+	return Declaration{
+		Limit:        lockexec.DefaultLimit,
+		MonitorRetry: lockexec.DefaultMonitorRetries,
+		Shell:        true,
+		MaxAttempts:  DefaultMaxAttempts,
+	}
+}
+
+// BindFlags registers the declaration flags on fs, writing into d. The
+// current values of d are the flags' defaults, so callers bind a
+// DefaultDeclaration. `run` and `register` share these flags so that a
+// command line moves between them unchanged.
+func (d *Declaration) BindFlags(fs *flag.FlagSet) {
+	fs.IntVar(&d.Limit, "n", d.Limit,
+		"number of nodes that may run the command at once (1: a lock, more: a semaphore); every node must use the same value")
+	fs.StringVar(&d.Name, "name", d.Name,
+		"name of the action (default: generated from the command, identical on every node)")
+	fs.StringVar(&d.Prefix, "prefix", d.Prefix,
+		"Consul KV prefix of the lock (default \""+DefaultPrefixRoot+"\" + name)")
+	fs.DurationVar(&d.Try, "try", d.Try,
+		"give up if the lock is not acquired within this time, e.g. 10m (0: wait forever)")
+	fs.IntVar(&d.MonitorRetry, "monitor-retry", d.MonitorRetry,
+		"number of Consul errors to ride out while holding the lock (0: none)")
+	fs.BoolVar(&d.Shell, "shell", d.Shell,
+		"run the command through /bin/sh -c")
+	fs.DurationVar(&d.Timeout, "timeout", d.Timeout,
+		"terminate the command if it runs longer than this (0: no limit)")
+	fs.IntVar(&d.MaxAttempts, "max-attempts", d.MaxAttempts,
+		"number of tries of a failing action before it is marked failed")
+}
+
+// ParseJSON decodes one JSON object into a declaration, starting from
+// DefaultDeclaration, and finishes it (see Finish). Input is lenient about
+// types, since values written by hand into Consul KV are often all strings
+// ("2", "true"), and a command may be a string or an array. It is strict
+// about keys: a misspelt key would otherwise silently mean a default, such
+// as running on every node at once. Every error wraps ErrInvalidDeclaration
+// and is one line; the declaration returned with an error is the zero one.
+func ParseJSON(s string) (Declaration, error) {
+	d := DefaultDeclaration()
+
+	dec := json.NewDecoder(strings.NewReader(s))
+	// Numbers stay text until mapstructure converts them for their field,
+	// so that 2.5 or 1e30 for an integer is an error rather than a silently
+	// truncated or overflowed value.
+	dec.UseNumber()
+	var raw any
+	if err := dec.Decode(&raw); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Declaration{}, invalidf("empty input, expected a JSON object")
+		}
+		return Declaration{}, invalidf("malformed JSON: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Declaration{}, invalidf("unexpected data after the JSON object")
+	}
+	obj, ok := raw.(map[string]any)
+	if !ok {
+		return Declaration{}, invalidf("expected a JSON object, got %s", jsonKind(raw))
+	}
+	if err := checkKeys(obj); err != nil {
+		return Declaration{}, err
+	}
+
+	dc, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			jsonNumberToStringHook,
+			mapstructure.StringToTimeDurationHookFunc(),
+			stringToIntHook,
+		),
+		WeaklyTypedInput: true,
+		ErrorUnused:      true,
+		// Keys are matched exactly, as checkKeys does: accepting "N" as
+		// well as "n" would make two spellings of one key.
+		MatchName: func(key, field string) bool { return key == field },
+		Result:    &d,
+	})
+	if err != nil {
+		return Declaration{}, invalidf("%v", err)
+	}
+	if err := dc.Decode(obj); err != nil {
+		return Declaration{}, invalidf("%s", decodeErrorText(err))
+	}
+	if err := d.Finish(); err != nil {
+		return Declaration{}, err
+	}
+	return d, nil
+}
+
+// Finish fills in derived defaults (Name, Prefix) and validates d. The
+// returned error wraps ErrInvalidDeclaration, is one line and names the
+// offending field by its flag. Finish is idempotent: a finished declaration
+// finishes to itself.
+func (d *Declaration) Finish() error {
+	cmd := make([]string, 0, len(d.Command))
+	for _, c := range d.Command {
+		if c = strings.TrimSpace(c); c != "" {
+			cmd = append(cmd, c)
+		}
+	}
+	if len(cmd) == 0 {
+		return invalidf("missing command")
+	}
+	for _, c := range cmd {
+		// The declaration is kept as JSON, which cannot carry invalid
+		// UTF-8: the command would come back changed.
+		if !utf8.ValidString(c) {
+			return invalidf("command %q is not valid UTF-8", c)
+		}
+	}
+	d.Command = cmd
+
+	switch {
+	case d.Limit < 1:
+		return invalidf("-n must be at least 1, got %d", d.Limit)
+	case d.Try < 0:
+		return invalidf("-try must not be negative, got %s", d.Try)
+	case d.Timeout < 0:
+		return invalidf("-timeout must not be negative, got %s", d.Timeout)
+	case d.MonitorRetry < 0:
+		return invalidf("-monitor-retry must not be negative, got %d", d.MonitorRetry)
+	case d.MaxAttempts < 1:
+		return invalidf("-max-attempts must be at least 1, got %d", d.MaxAttempts)
+	}
+
+	if d.Name == "" {
+		d.Name = GenerateName(d.Command)
+	}
+	if len(d.Name) > MaxNameLength {
+		return invalidf("-name %q is %d characters long, at most %d are allowed", d.Name, len(d.Name), MaxNameLength)
+	}
+	if !nameRE.MatchString(d.Name) {
+		return invalidf("-name %q must start with a letter or digit and contain only letters, digits, '.', '_' and '-'", d.Name)
+	}
+
+	if d.Prefix == "" {
+		d.Prefix = DefaultPrefixRoot + d.Name
+	}
+	if err := checkPrefix(d.Prefix); err != nil {
+		return err
+	}
+	return nil
+}
+
+// checkPrefix rejects KV prefixes that would not name the same key on every
+// node or that Consul would treat differently from what the operator wrote.
+func checkPrefix(p string) error {
+	switch {
+	case !utf8.ValidString(p):
+		return invalidf("-prefix %q is not valid UTF-8", p)
+	case strings.HasPrefix(p, "/"):
+		// Consul strips a leading slash, so "/a" and "a" would be the same
+		// lock under two spellings.
+		return invalidf("-prefix %q must not start with \"/\"", p)
+	case strings.HasSuffix(p, "/"):
+		// The lock key is the prefix plus ".lock"; a trailing slash would
+		// hide it inside a folder of that name.
+		return invalidf("-prefix %q must not end with \"/\"", p)
+	case strings.Contains(p, "//"):
+		return invalidf("-prefix %q must not contain \"//\"", p)
+	case strings.IndexFunc(p, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return invalidf("-prefix %q must not contain white space or control characters", p)
+	}
+	return nil
+}
+
+// GenerateName makes a stable, file- and KV-safe name from a command: a
+// lowercase slug of the command line (at most 40 characters of letters,
+// digits, '-', '.' and '_') plus "-" and the first 8 hex digits of the
+// SHA-256 of the command joined with spaces, e.g. "nginx-s-reload-3f2a9c1b".
+// Identical commands on every node give the same name, so they meet on the
+// same lock prefix; the hash keeps different commands whose slugs collide
+// (or are cut short) apart.
+func GenerateName(command []string) string {
+	line := strings.Join(command, " ")
+	sum := sha256.Sum256([]byte(line))
+	hash := hex.EncodeToString(sum[:4])
+
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(line) {
+		switch {
+		case r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '_':
+			b.WriteRune(r)
+			dash = false
+		case !dash:
+			// A '-' of the command joins the run of separators around
+			// it, so that "nginx -s" gives "nginx-s", not "nginx--s".
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	// A name must start with a letter or digit; trailing separators would
+	// only run into the one before the hash.
+	slug := strings.TrimLeft(b.String(), "-._")
+	if len(slug) > maxSlugLength {
+		slug = slug[:maxSlugLength]
+	}
+	slug = strings.TrimRight(slug, "-._")
+	if slug == "" {
+		slug = "cmd"
+	}
+	return slug + "-" + hash
+}
+
+// Equal reports whether d and o declare the same action with the same
+// policy. A nil and an empty Command are equal, since JSON does not keep
+// the difference.
+func (d Declaration) Equal(o Declaration) bool {
+	return d.Name == o.Name &&
+		slices.Equal(d.Command, o.Command) &&
+		d.Limit == o.Limit &&
+		d.Prefix == o.Prefix &&
+		d.Try == o.Try &&
+		d.MonitorRetry == o.MonitorRetry &&
+		d.Shell == o.Shell &&
+		d.Timeout == o.Timeout &&
+		d.MaxAttempts == o.MaxAttempts
+}
+
+// invalidf builds a declaration error. Messages end up in a one-line log
+// entry, in `status` output and in the state file, so line breaks that user
+// input may have smuggled into them are escaped.
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidDeclaration, oneLine(fmt.Sprintf(format, args...)))
+}
+
+// oneLine escapes line and paragraph separators.
+func oneLine(s string) string {
+	return strings.NewReplacer(
+		"\r", `\r`,
+		"\n", `\n`,
+		"\u0085", `\u0085`,
+		"\u2028", `\u2028`,
+		"\u2029", `\u2029`,
+	).Replace(s)
+}
+
+// declarationKeys returns the JSON keys of a declaration, from the
+// mapstructure tags so that they cannot drift from the decoder's view.
+func declarationKeys() []string {
+	t := reflect.TypeFor[Declaration]()
+	keys := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		if tag, _, _ := strings.Cut(t.Field(i).Tag.Get("mapstructure"), ","); tag != "" && tag != "-" {
+			keys = append(keys, tag)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// checkKeys rejects unknown keys before decoding, for a clearer message
+// than mapstructure's, with a hint for the flag spelling of a key.
+func checkKeys(obj map[string]any) error {
+	known := declarationKeys()
+	var unknown []string
+	for k := range obj {
+		if !slices.Contains(known, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	sort.Strings(unknown)
+	k := unknown[0]
+	hint := ""
+	if alt := strings.ToLower(strings.ReplaceAll(strings.TrimLeft(k, "-"), "-", "_")); alt != k && slices.Contains(known, alt) {
+		hint = fmt.Sprintf(" (did you mean %q?)", alt)
+	} else {
+		hint = " (known keys: " + strings.Join(known, ", ") + ")"
+	}
+	if len(unknown) > 1 {
+		return invalidf("unknown key %q and %d more%s", k, len(unknown)-1, hint)
+	}
+	return invalidf("unknown key %q%s", k, hint)
+}
+
+// jsonKind names the JSON type of a decoded value for error messages.
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "a boolean"
+	case json.Number:
+		return "a number"
+	case string:
+		return "a string"
+	case []any:
+		return "an array"
+	default:
+		return fmt.Sprintf("%T", v)
+	}
+}
+
+// decodeErrorText flattens mapstructure's multi-line error list into one
+// line.
+func decodeErrorText(err error) string {
+	var me *mapstructure.Error
+	if errors.As(err, &me) && len(me.Errors) > 0 {
+		msgs := slices.Clone(me.Errors)
+		sort.Strings(msgs)
+		return strings.Join(msgs, "; ")
+	}
+	return err.Error()
+}
+
+// jsonNumberToStringHook turns json.Number into a plain string before the
+// other hooks see it: mapstructure's duration hook asserts a string-kinded
+// value to string, which a json.Number is not. As text, a number for a
+// duration field then fails for lack of a unit ("600" is not "600s"),
+// instead of silently meaning nanoseconds.
+func jsonNumberToStringHook(_ reflect.Type, _ reflect.Type, data any) (any, error) {
+	if n, ok := data.(json.Number); ok {
+		return string(n), nil
+	}
+	return data, nil
+}
+
+// stringToIntHook parses text for integer fields in base 10. mapstructure's
+// own weak conversion guesses the base from the prefix, which would read
+// "010" as 8 and accept "0x10".
+func stringToIntHook(f reflect.Type, t reflect.Type, data any) (any, error) {
+	if f.Kind() != reflect.String || t == reflect.TypeFor[time.Duration]() {
+		return data, nil
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+	default:
+		return data, nil
+	}
+	s := reflect.ValueOf(data).String()
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, t.Bits())
+	if err != nil {
+		return nil, fmt.Errorf("expected a whole number, got %q", s)
+	}
+	return n, nil
+}
+
+// Compile-time check that the hooks have a signature mapstructure accepts.
+var (
+	_ mapstructure.DecodeHookFuncType = jsonNumberToStringHook
+	_ mapstructure.DecodeHookFuncType = stringToIntHook
+)
