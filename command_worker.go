@@ -15,8 +15,13 @@ import (
 	"ct-supervise/worker"
 )
 
-// WorkerLogFile is the worker's log in the state directory.
-const WorkerLogFile = "worker.log"
+// WorkerLogFile is the worker's log in the state directory. A worker that
+// starts with the log over WorkerLogMaxBytes moves it to WorkerLogFile+".1"
+// (replacing the previous one), so the log never grows without bound.
+const (
+	WorkerLogFile     = "worker.log"
+	WorkerLogMaxBytes = 10 << 20
+)
 
 const workerUsage = `Usage: ct-supervise worker [flags]
 
@@ -49,7 +54,15 @@ func (c *CLI) workerCommand(args []string) int {
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
-	logFile, err := os.OpenFile(store.Path(WorkerLogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logPath := store.Path(WorkerLogFile)
+	// Rotate only when no worker writes to the log: a worker racing another
+	// one to start must not move the winner's log from under it.
+	if pid, _ := worker.RunningPID(store.Path(worker.LockFile)); pid == 0 {
+		if fi, err := os.Stat(logPath); err == nil && fi.Size() > WorkerLogMaxBytes {
+			_ = os.Rename(logPath, logPath+".1")
+		}
+	}
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return c.errorf(cmd, ExitError, "opening the log: %v", err)
 	}
