@@ -37,7 +37,9 @@ func startChild(opts *Options) (*child, error) {
 	cmd.WaitDelay = outputDrainTime
 	// Our own process group keeps a terminal's ^C from reaching the child
 	// behind our back: it gets signals only through us, so we always know
-	// whether it is being stopped.
+	// whether it is being stopped. The price is that the group is not the
+	// terminal's foreground group: a command that reads from a terminal
+	// given as Stdin is stopped by SIGTTIN. Reload commands read nothing.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, err

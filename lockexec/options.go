@@ -26,10 +26,11 @@ func (o *Options) validate() error {
 		return invalid("the lock prefix is required")
 	case strings.HasPrefix(o.Prefix, "/"):
 		return invalid("the lock prefix %q must not start with /", o.Prefix)
-	case strings.HasSuffix(o.Prefix, "/"):
-		// A lock would use "p//.lock" and a semaphore "p/.lock": holders
-		// that spell the prefix differently would not exclude each other.
-		return invalid("the lock prefix %q must not end with /", o.Prefix)
+	case !cleanPrefix(o.Prefix):
+		// Consul's api and `consul lock` clean the path they build keys
+		// from (a semaphore's keys, for one), and we do not: holders that
+		// spell one prefix differently would not exclude each other.
+		return invalid("the lock prefix %q must not end with / or contain empty, . or .. segments", o.Prefix)
 	case o.Limit < 0:
 		return invalid("the holders limit must not be negative, got %d", o.Limit)
 	case o.MonitorRetries < 0:
@@ -61,6 +62,17 @@ func (o *Options) validate() error {
 		return invalid("the command %q is empty", o.Command)
 	}
 	return nil
+}
+
+// cleanPrefix reports whether prefix is a relative path that path.Clean
+// would leave alone.
+func cleanPrefix(prefix string) bool {
+	for _, seg := range strings.Split(prefix, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return true
 }
 
 // withDefaults returns a copy of o with every zero field that has a default

@@ -52,6 +52,12 @@ func New(client *api.Client) *Runner {
 // its exit status: err is nil and Result.ExitCode carries the status. Errors
 // wrap one of the package's sentinels where one applies; Result is filled in
 // as far as the run got.
+//
+// While waiting, only SIGINT and SIGTERM on opts.Signals matter; a stop
+// takes effect within about half a second. While the command runs, every
+// signal is forwarded to its process group, and SIGINT or SIGTERM also
+// count as a request to stop: Run then returns ErrInterrupted, and the
+// command is killed if it is still running KillGrace later.
 func (r *Runner) Run(ctx context.Context, opts Options) (res Result, err error) {
 	res.ExitCode = -1
 	if err := opts.validate(); err != nil {
@@ -67,7 +73,7 @@ func (r *Runner) Run(ctx context.Context, opts Options) (res Result, err error) 
 	rn := &run{client: r.client, opts: opts.withDefaults()}
 	rn.log = rn.opts.Logger
 
-	if err := rn.createSession(ctx); err != nil {
+	if err := rn.createSession(); err != nil {
 		return res, err
 	}
 	res.Session = rn.session
@@ -85,6 +91,10 @@ func (r *Runner) Run(ctx context.Context, opts Options) (res Result, err error) 
 	}
 	rn.log.Debug("lock acquired", "prefix", rn.opts.Prefix, "n", rn.opts.Limit,
 		"waited", res.Waited.Round(time.Millisecond))
+	if err := ctx.Err(); err != nil {
+		// Cancelled as the lock came in: do not start what we would stop.
+		return res, fmt.Errorf("%w before the command started: %v", ErrInterrupted, err)
+	}
 
 	err = rn.runChild(ctx, lost, &res)
 	return res, err
@@ -100,9 +110,9 @@ type run struct {
 	stopRenew context.CancelFunc
 	renewDone chan struct{}
 
-	// held is true while we hold the lock or slot; release gives it back
-	// and cleanup deletes the lock key once nobody uses it. Both are set
-	// when the lock or semaphore is set up.
+	// held is true while we hold the lock or slot, gotIt once we have
+	// held it at all. release gives it back and cleanup deletes the lock
+	// key if nobody else uses it; setUpLock sets both.
 	held    bool
 	gotIt   bool
 	release func() error
@@ -113,7 +123,7 @@ type run struct {
 // it. We create it ourselves rather than letting the api do it so that we
 // choose its name, TTL and lock-delay, know its ID for Result, and destroy
 // it synchronously when done.
-func (rn *run) createSession(ctx context.Context) error {
+func (rn *run) createSession() error {
 	o := &rn.opts
 	behavior := api.SessionBehaviorRelease
 	if o.Limit > 1 {
@@ -127,11 +137,12 @@ func (rn *run) createSession(ctx context.Context) error {
 		LockDelay: o.LockDelay,
 		Behavior:  behavior,
 	}
-	id, _, err := rn.client.Session().Create(entry, (&api.WriteOptions{}).WithContext(ctx))
+	// Not bound to ctx: cancelled in flight, the request could leave a
+	// session behind whose ID we never learnt. It is one short request, and
+	// acquire looks at ctx straight after.
+	id, _, err := rn.client.Session().Create(entry, nil)
 	if err != nil {
 		switch {
-		case ctx.Err() != nil:
-			return fmt.Errorf("%w while creating the session: %v", ErrInterrupted, ctx.Err())
 		case isUnreachable(err):
 			return fmt.Errorf("%w: creating session: %v", ErrConsulUnreachable, err)
 		default:
@@ -171,6 +182,9 @@ func (rn *run) acquire(ctx context.Context) (<-chan struct{}, error) {
 	acquireFn, err := rn.setUpLock()
 	if err != nil {
 		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w before waiting for the lock: %v", ErrInterrupted, err)
 	}
 	rn.log.Debug("waiting for the lock", "prefix", rn.opts.Prefix, "n", rn.opts.Limit, "try", rn.opts.Try)
 
@@ -311,10 +325,15 @@ func (rn *run) mismatch() error {
 			Limit   int
 			Holders map[string]bool
 		}
-		if json.Unmarshal(pair.Value, &v) == nil && v.Limit > 0 {
-			theirs, inUse = describeLimit(v.Limit), len(v.Holders) > 0
-		} else {
+		switch {
+		case json.Unmarshal(pair.Value, &v) != nil || v.Limit <= 0:
 			theirs = "a semaphore of unknown limit"
+		case v.Limit == 1:
+			// Not one of ours (we use a lock for one holder), but
+			// possible from other tools.
+			theirs, inUse = "-n=1 (a semaphore)", len(v.Holders) > 0
+		default:
+			theirs, inUse = describeLimit(v.Limit), len(v.Holders) > 0
 		}
 	default:
 		theirs = fmt.Sprintf("a key that is neither a lock nor a semaphore (flags %#x)", pair.Flags)

@@ -84,6 +84,84 @@ func TestRunPassesExitCodeAndOutput(t *testing.T) {
 	}
 }
 
+// TestRunSessionSettings looks at the session and the lock key while the
+// command runs.
+func TestRunSessionSettings(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+
+	cases := []struct {
+		limit    int
+		behavior string
+	}{
+		{1, api.SessionBehaviorRelease},
+		{2, api.SessionBehaviorDelete},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("n=%d", tc.limit), func(t *testing.T) {
+			t.Parallel()
+			prefix := uniquePrefix(t)
+			dir := t.TempDir()
+			opts := shellOpts(t, prefix, tc.limit,
+				fmt.Sprintf(`touch %[1]s/started; while [ ! -e %[1]s/go ]; do sleep 0.05; done`, dir))
+			opts.SessionName = "custom " + prefix
+			opts.SessionTTL = 20 * time.Second
+			opts.LockDelay = 2 * time.Second
+			run := startRun(t, context.Background(), r, opts)
+			run.waitStarted(t, dir+"/started")
+
+			all, _, err := client.Session().List(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var s *api.SessionEntry
+			for _, e := range all {
+				if e.Name == opts.SessionName {
+					s = e
+				}
+			}
+			if s == nil {
+				t.Fatalf("no session named %q", opts.SessionName)
+			}
+			if s.TTL != "20s" || s.LockDelay != 2*time.Second || s.Behavior != tc.behavior {
+				t.Errorf("session TTL=%s LockDelay=%s Behavior=%s, want 20s, 2s, %s", s.TTL, s.LockDelay, s.Behavior, tc.behavior)
+			}
+			pair, _, err := client.KV().Get(prefix+"/"+lockexec.LockKeySuffix, nil)
+			if err != nil || pair == nil {
+				t.Fatalf("reading the lock key: %v, %v", pair, err)
+			}
+			switch {
+			case tc.limit == 1 && (pair.Flags != api.LockFlagValue || pair.Session != s.ID):
+				t.Errorf("lock key flags %#x session %q, want a lock held by %s", pair.Flags, pair.Session, s.ID)
+			case tc.limit > 1 && (pair.Flags != api.SemaphoreFlagValue || !strings.Contains(string(pair.Value), s.ID)):
+				t.Errorf("lock key flags %#x value %s, want a semaphore held by %s", pair.Flags, pair.Value, s.ID)
+			}
+
+			if err := os.WriteFile(dir+"/go", nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			res, err := run.wait(t, 15*time.Second)
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if res.Session != s.ID {
+				t.Errorf("Result.Session = %q, want %q", res.Session, s.ID)
+			}
+			all, _, err = client.Session().List(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range all {
+				if e.ID == s.ID {
+					t.Errorf("session %s left behind", s.ID)
+				}
+			}
+			assertNoHolder(t, client, prefix)
+		})
+	}
+}
+
 func TestRunCommandNotFound(t *testing.T) {
 	t.Parallel()
 	client := testClient(t)
@@ -299,7 +377,7 @@ func TestRunLockLost(t *testing.T) {
 			prefix := uniquePrefix(t)
 			dir := t.TempDir()
 			run := startRun(t, context.Background(), r, shellOpts(t, prefix, limit, markerScript(dir)))
-			waitFor(t, "the command", 10*time.Second, func() bool { return fileExists(markerPath(dir, "started")) })
+			run.waitStarted(t, markerPath(dir, "started"))
 
 			id := waitOurSession(t, client, prefix)
 			if _, err := client.Session().Destroy(id, nil); err != nil {
@@ -330,21 +408,14 @@ func TestRunLockLost(t *testing.T) {
 // command: once the monitor's retries are used up the lock counts as lost.
 func TestRunLockLostWhenConsulGoesAway(t *testing.T) {
 	t.Parallel()
-	if agent == nil {
-		t.Skip("skipping: no consul binary")
-	}
-	own := devconsul.ForTest(t)
-	client, err := own.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	own, client := ownAgent(t)
 	dir := t.TempDir()
 	opts := shellOpts(t, uniquePrefix(t), 1, markerScript(dir))
 	opts.MonitorRetries = 2
 	opts.MonitorRetryTime = 100 * time.Millisecond
 	opts.KillGrace = time.Second
 	run := startRun(t, context.Background(), lockexec.New(client), opts)
-	waitFor(t, "the command", 10*time.Second, func() bool { return fileExists(markerPath(dir, "started")) })
+	run.waitStarted(t, markerPath(dir, "started"))
 
 	own.Stop()
 	res, err := run.wait(t, 30*time.Second)
@@ -353,6 +424,27 @@ func TestRunLockLostWhenConsulGoesAway(t *testing.T) {
 	}
 	if !fileExists(markerPath(dir, "term")) || res.ExitCode != 143 {
 		t.Errorf("the command was not stopped with SIGTERM: ExitCode=%d", res.ExitCode)
+	}
+}
+
+// TestRunConsulGoesAwayWhileWaiting stops the agent while a run waits for
+// a lock held elsewhere: the wait fails as Consul being unreachable.
+func TestRunConsulGoesAwayWhileWaiting(t *testing.T) {
+	t.Parallel()
+	own, client := ownAgent(t)
+	prefix := uniquePrefix(t)
+	holdElsewhere(t, client, prefix, 1)
+	dir := t.TempDir()
+	run := startRun(t, context.Background(), lockexec.New(client), shellOpts(t, prefix, 1, "touch "+dir+"/ran"))
+	waitOurSession(t, client, prefix)
+
+	own.Stop()
+	res, err := run.wait(t, 30*time.Second)
+	if !errors.Is(err, lockexec.ErrConsulUnreachable) {
+		t.Fatalf("Run: %v, want ErrConsulUnreachable", err)
+	}
+	if res.Started || fileExists(dir+"/ran") {
+		t.Error("the command ran")
 	}
 }
 
@@ -383,7 +475,7 @@ func TestRunForwardsSignals(t *testing.T) {
 			opts := shellOpts(t, prefix, 1, markerScript(dir))
 			opts.Signals = signals
 			run := startRun(t, context.Background(), r, opts)
-			waitFor(t, "the command", 10*time.Second, func() bool { return fileExists(markerPath(dir, "started")) })
+			run.waitStarted(t, markerPath(dir, "started"))
 
 			signals <- tc.sig
 			res, err := run.wait(t, 15*time.Second)
@@ -462,7 +554,7 @@ func TestRunCancelledWhileRunning(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	run := startRun(t, ctx, lockexec.New(client), shellOpts(t, prefix, 1, markerScript(dir)))
-	waitFor(t, "the command", 10*time.Second, func() bool { return fileExists(markerPath(dir, "started")) })
+	run.waitStarted(t, markerPath(dir, "started"))
 
 	cancel()
 	res, err := run.wait(t, 15*time.Second)
@@ -679,6 +771,9 @@ func TestRunInvalidOptions(t *testing.T) {
 		{"no prefix", func(o *lockexec.Options) { o.Prefix = "" }},
 		{"absolute prefix", func(o *lockexec.Options) { o.Prefix = "/p" }},
 		{"prefix ending in a slash", func(o *lockexec.Options) { o.Prefix = "p/" }},
+		{"prefix with an empty segment", func(o *lockexec.Options) { o.Prefix = "a//b" }},
+		{"prefix with a dot segment", func(o *lockexec.Options) { o.Prefix = "a/./b" }},
+		{"prefix with a dot-dot segment", func(o *lockexec.Options) { o.Prefix = "a/../b" }},
 		{"negative limit", func(o *lockexec.Options) { o.Limit = -1 }},
 		{"no command", func(o *lockexec.Options) { o.Command = nil }},
 		{"empty command", func(o *lockexec.Options) { o.Command = []string{""} }},

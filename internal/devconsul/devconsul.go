@@ -78,17 +78,28 @@ func Start(opts Options) (*Agent, error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = DefaultStartTimeout
 	}
-	if opts.HTTPPort == 0 {
-		if opts.HTTPPort, err = FreePort(); err != nil {
+	pickHTTP := opts.HTTPPort == 0
+	// Free ports are only free until someone takes them: agents started at
+	// the same moment (test packages run in parallel) can pick the same one.
+	// A failed start is retried on fresh ports.
+	for attempt := 1; ; attempt++ {
+		if pickHTTP {
+			if opts.HTTPPort, err = FreePort(); err != nil {
+				return nil, err
+			}
+		}
+		a := &Agent{opts: opts}
+		if err = a.start(); err == nil {
+			return a, nil
+		}
+		if attempt == startAttempts {
 			return nil, err
 		}
 	}
-	a := &Agent{opts: opts}
-	if err := a.start(); err != nil {
-		return nil, err
-	}
-	return a, nil
 }
+
+// startAttempts is how many times Start tries fresh ports.
+const startAttempts = 3
 
 func (a *Agent) start() error {
 	ports := make([]int, 3)
@@ -194,7 +205,13 @@ func (a *Agent) Stop() {
 // dev agent keeps nothing in memory across the restart.
 func (a *Agent) Restart() error {
 	a.Stop()
-	return a.start()
+	var err error
+	for attempt := 0; attempt < startAttempts; attempt++ {
+		if err = a.start(); err == nil {
+			return nil
+		}
+	}
+	return err
 }
 
 // FreePort asks the kernel for a free loopback TCP port.
