@@ -55,7 +55,7 @@ func TestRunBadUsage(t *testing.T) {
 		{"bad timeout", []string{"-timeout=5", "true"}, "-timeout"},
 		{"bad name", []string{"-name", "no spaces please", "true"}, "name"},
 		{"absolute prefix", []string{"-prefix", "/locks/x", "true"}, "prefix"},
-		{"max-attempts", []string{"-max-attempts=3", "true"}, "-max-attempts applies to declarations"},
+		{"register-only flag", []string{"-max-attempts=3", "true"}, "flag provided but not defined: -max-attempts"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

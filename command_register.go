@@ -39,6 +39,7 @@ func (c *CLI) registerCommand(args []string) int {
 	fs := newFlagSet(cmd)
 	d := plugin.DefaultDeclaration()
 	d.BindFlags(fs)
+	d.BindQueueFlags(fs)
 	output := fs.String("output", "", "print this string (and nothing else) to standard output on success, e.g. a marker comment for the rendered file")
 	strict := fs.Bool("strict", false, "fail (exit non-zero) on an invalid JSON declaration instead of keeping the last good one")
 	stateDir := stateDirFlag(fs)

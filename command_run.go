@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"os"
 	"os/signal"
 	"syscall"
@@ -38,9 +36,6 @@ func (c *CLI) runCommand(args []string) int {
 	if code, done := c.parseFlags(fs, cmd, runUsage, args); done {
 		return code
 	}
-	if flagSet(fs, "max-attempts") {
-		return c.usageError(cmd, errors.New("-max-attempts applies to declarations (register), not to run"))
-	}
 	d.Command = fs.Args()
 	if err := d.Finish(); err != nil {
 		return c.usageError(cmd, err)
@@ -50,7 +45,6 @@ func (c *CLI) runCommand(args []string) int {
 		return c.usageError(cmd, err)
 	}
 	log := newLogger(cmd, *verbose, c.stderr)
-	log.Debug("lock", "prefix", d.Prefix, "n", d.Limit, "name", d.Name)
 
 	opts := d.LockOptions()
 	opts.Stdout, opts.Stderr = c.stdout, c.stderr
@@ -69,15 +63,4 @@ func (c *CLI) runCommand(args []string) int {
 		c.errorf(cmd, code, "%v", err)
 	}
 	return code
-}
-
-// flagSet reports whether the named flag was given on the command line.
-func flagSet(fs *flag.FlagSet, name string) bool {
-	found := false
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == name {
-			found = true
-		}
-	})
-	return found
 }

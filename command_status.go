@@ -23,7 +23,8 @@ const statusConsulTimeout = 2 * time.Second
 const statusUsage = `Usage: ct-supervise status [flags]
 
 Shows the declared actions of the state directory: whether each is pending
-(declared, not yet exec'd), queued, running, retrying, failed or idle, its
+(declared, not yet exec'd), queued, waiting (for its lock), running,
+retrying, failed or idle, its
 last result, the worker's pid, rejected declarations and, when Consul is
 reachable, who holds each action's lock right now.
 
@@ -141,8 +142,10 @@ func (c *CLI) statusCommand(args []string) int {
 // actionState names where an action stands, in status's words.
 func actionState(a *plugin.Action, workerAlive bool) string {
 	switch {
-	case a.Running && workerAlive:
+	case a.Running && a.Holding && workerAlive:
 		return "running"
+	case a.Running && workerAlive:
+		return "waiting"
 	case a.Queued() && a.Attempts > 0:
 		return "retrying"
 	case a.Queued():

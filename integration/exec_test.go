@@ -107,6 +107,15 @@ func TestExecReturnsWhileLockIsHeldElsewhere(t *testing.T) {
 	if n.workerPID() == 0 {
 		t.Fatal("no worker is waiting for the lock")
 	}
+	st := n.status()
+	if pid, _ := st["worker_pid"].(float64); int(pid) != n.workerPID() {
+		t.Errorf("status worker_pid = %v, want %d", st["worker_pid"], n.workerPID())
+	}
+	a := st["actions"].([]any)[0].(map[string]any)
+	holders, _ := a["holders"].([]any)
+	if a["state"] != "waiting" || len(holders) != 1 || holders[0].(map[string]any)["name"] != "test holder" {
+		t.Errorf("status while another node holds the lock: state %v holders %v, want waiting and the test's session", a["state"], holders)
+	}
 	released := time.Now()
 	release()
 	waitFor(t, 20*time.Second, "the action to run after the release", func() bool { return len(lines(marker)) == 1 })

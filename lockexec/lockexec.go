@@ -134,6 +134,11 @@ type Options struct {
 
 	// Logger receives our own log lines. Nil discards them.
 	Logger hclog.Logger
+
+	// OnAcquired, if not nil, is called once the lock or slot is held, just
+	// before the command starts. It must return quickly: the worker uses it
+	// to tell "waiting for the lock" from "running" in status.
+	OnAcquired func()
 }
 
 // Result reports what happened. It is meaningful even when Run returns an

@@ -95,6 +95,9 @@ func (r *Runner) Run(ctx context.Context, opts Options) (res Result, err error) 
 		// Cancelled as the lock came in: do not start what we would stop.
 		return res, fmt.Errorf("%w before the command started: %v", ErrInterrupted, err)
 	}
+	if rn.opts.OnAcquired != nil {
+		rn.opts.OnAcquired()
+	}
 
 	err = rn.runChild(ctx, lost, &res)
 	return res, err

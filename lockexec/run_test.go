@@ -859,3 +859,43 @@ func clientFor(t *testing.T, addr string) *api.Client {
 	}
 	return c
 }
+
+// TestRunOnAcquired checks that the hook runs once, with the lock held,
+// before the command, and not at all when the lock is never acquired.
+func TestRunOnAcquired(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "acquired")
+
+	var calls atomic.Int32
+	opts := shellOpts(t, prefix, 1, "test -e "+marker)
+	opts.OnAcquired = func() {
+		calls.Add(1)
+		pair, _, err := client.KV().Get(prefix+"/"+lockexec.LockKeySuffix, nil)
+		if err != nil || pair == nil || pair.Session == "" {
+			t.Errorf("OnAcquired called without the lock held: %v %v", pair, err)
+		}
+		if err := os.WriteFile(marker, nil, 0o600); err != nil {
+			t.Error(err)
+		}
+	}
+	res, err := r.Run(context.Background(), opts)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("Run: exit %d, %v (a non-zero exit means the command started before the hook)", res.ExitCode, err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("OnAcquired called %d times, want 1", n)
+	}
+
+	holdElsewhere(t, client, prefix, 1)
+	opts.Try = 200 * time.Millisecond
+	if _, err := r.Run(context.Background(), opts); !errors.Is(err, lockexec.ErrNotAcquired) {
+		t.Fatalf("Run: %v, want ErrNotAcquired", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("OnAcquired called without the lock (%d calls)", n)
+	}
+}

@@ -64,6 +64,11 @@ func (d *Declaration) BindFlags(fs *flag.FlagSet) {
 		"run the command through /bin/sh -c")
 	fs.DurationVar(&d.Timeout, "timeout", d.Timeout,
 		"terminate the command if it runs longer than this (0: no limit)")
+}
+
+// BindQueueFlags registers the flags that only matter to a queued action,
+// which `register` takes on top of BindFlags: -max-attempts.
+func (d *Declaration) BindQueueFlags(fs *flag.FlagSet) {
 	fs.IntVar(&d.MaxAttempts, "max-attempts", d.MaxAttempts,
 		"number of tries of a failing action before it is marked failed")
 }

@@ -22,6 +22,7 @@ func parseFlags(args ...string) (Declaration, error) {
 	fs.SetOutput(io.Discard)
 	d := DefaultDeclaration()
 	d.BindFlags(fs)
+	d.BindQueueFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return d, err
 	}

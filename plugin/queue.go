@@ -161,7 +161,14 @@ func (st *State) Begin(name string) (Declaration, uint64, error) {
 // it again) and at start-up for runs a dead worker left behind.
 func (st *State) Abandon(name string) {
 	if a, ok := st.Actions[name]; ok {
-		a.Running = false
+		a.Running, a.Holding = false, false
+	}
+}
+
+// Acquired records that the running try of the action holds its lock.
+func (st *State) Acquired(name string) {
+	if a, ok := st.Actions[name]; ok && a.Running {
+		a.Holding = true
 	}
 }
 
@@ -190,7 +197,7 @@ func (st *State) Finish(name string, out Outcome, b Backoff) {
 	if !ok {
 		return
 	}
-	a.Running = false
+	a.Running, a.Holding = false, false
 	out.Seq = a.RunSeq
 	switch {
 	case out.OK:

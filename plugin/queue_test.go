@@ -183,6 +183,9 @@ func TestInterruptedRunIsRunAgain(t *testing.T) {
 		t.Fatalf("Interrupted = %v", got)
 	}
 	st.Abandon("a")
+	if a := st.Actions["a"]; a.Running || a.Holding {
+		t.Fatal("Abandon must clear the running marks")
+	}
 	if name, _, ok := st.Next(time.Now()); !ok || name != "a" {
 		t.Fatal("an interrupted action must be run again")
 	}
@@ -204,5 +207,24 @@ func TestTransientFailuresNeverGiveUp(t *testing.T) {
 	}
 	if a := st.Actions["a"]; !a.Queued() || a.Last.Failed {
 		t.Fatal("an action failing only because Consul is unreachable must never be given up")
+	}
+}
+
+func TestAcquiredOnlyMarksARunningTry(t *testing.T) {
+	st := stateWith("a")
+	st.Acquired("a")
+	if st.Actions["a"].Holding {
+		t.Fatal("an action that is not running cannot hold its lock")
+	}
+	mustEnqueue(t, st, "a")
+	name, _, _ := st.Next(time.Now())
+	st.Begin(name)
+	st.Acquired(name)
+	if !st.Actions["a"].Holding {
+		t.Fatal("Acquired did not mark the running try")
+	}
+	st.Finish(name, Outcome{OK: true, Finished: time.Now()}, Backoff{})
+	if st.Actions["a"].Holding {
+		t.Fatal("Finish must clear Holding")
 	}
 }

@@ -57,6 +57,10 @@ type Action struct {
 	Running bool   `json:"running"`
 	RunSeq  uint64 `json:"run_seq"`
 
+	// Holding is true once the running try holds the lock and its command
+	// runs; Running without Holding is a try waiting for the lock.
+	Holding bool `json:"holding,omitempty"`
+
 	// Attempts counts failed tries of the current Seq; NextAttempt is when
 	// the next try may start (zero: now).
 	Attempts    int       `json:"attempts"`

@@ -143,6 +143,16 @@ func runOne(ctx context.Context, opts Options, log hclog.Logger, name string, de
 	lopts := decl.LockOptions()
 	lopts.Stdout, lopts.Stderr = opts.Output, opts.Output
 	lopts.Logger = log
+	lopts.OnAcquired = func() {
+		err := opts.Store.Update(func(st *plugin.State) error {
+			st.Acquired(name)
+			return nil
+		})
+		if err != nil {
+			// Only status's view suffers; the run goes on.
+			log.Warn("could not record that the lock is held", "error", err)
+		}
+	}
 	log.Info("waiting for the lock", "prefix", decl.Prefix, "n", decl.Limit, "seq", seq)
 
 	started := time.Now()
