@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -228,4 +229,81 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// A failing action is retried with backoff, then given up after
+// -max-attempts and reported; exec -wait exits with its status.
+func TestExecWaitReportsRetriesAndFailure(t *testing.T) {
+	n := newNode(t, "node1")
+	n.logOnFailure()
+	dir := t.TempDir()
+	tries := filepath.Join(dir, "tries")
+
+	// Fails on the first try, succeeds on the second.
+	flaky := fmt.Sprintf(`echo try >> %s; [ $(wc -l < %s) -ge 2 ]`, tries, tries)
+	n.mustRun("register", "-name=flaky", "-max-attempts=3", flaky)
+	r := n.run("exec", "-wait", "-wait-timeout=60s")
+	if r.code != 0 {
+		t.Fatalf("exec -wait: exit %d %s", r.code, r.stderr)
+	}
+	if got := len(lines(tries)); got != 2 {
+		t.Fatalf("%d tries, want 2 (one failure, one retry)", got)
+	}
+
+	// Always fails: given up after 2 tries, the status is ours.
+	n.mustRun("register", "-name=broken", "-max-attempts=2", "exit 3")
+	r = n.run("exec", "-wait", "-wait-timeout=60s", "broken")
+	if r.code != 3 || !strings.Contains(r.stderr, `action "broken" failed`) {
+		t.Fatalf("exec -wait: exit %d stderr %q, want 3 and the failure", r.code, r.stderr)
+	}
+	var broken map[string]any
+	for _, a := range n.status()["actions"].([]any) {
+		if a.(map[string]any)["name"] == "broken" {
+			broken = a.(map[string]any)
+		}
+	}
+	last, _ := broken["last"].(map[string]any)
+	if broken["state"] != "failed" || last["failed"] != true || last["exit_code"] != float64(3) {
+		t.Fatalf("status of the failed action: %v", broken)
+	}
+	log := readFile(t, filepath.Join(n.stateDir, "worker.log"))
+	if !strings.Contains(log, "will retry") || !strings.Contains(log, "giving up") {
+		t.Fatalf("the worker log does not tell the retries and the failure:\n%s", log)
+	}
+}
+
+// A worker run in the foreground (as a service) serves exec's requests and
+// stops cleanly on SIGTERM.
+func TestForegroundWorker(t *testing.T) {
+	n := newNode(t, "node1")
+	n.logOnFailure()
+	marker := filepath.Join(t.TempDir(), "ran")
+	cmd := exec.Command(binary, "worker", "-keep-running")
+	cmd.Env = n.env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	waitFor(t, 10*time.Second, "the worker to take the state directory", func() bool { return n.workerPID() == cmd.Process.Pid })
+
+	n.mustRun("register", "-name=fg", "echo ran >> "+marker)
+	n.mustRun("exec")
+	waitFor(t, 20*time.Second, "the action to run", func() bool { return len(lines(marker)) == 1 })
+	if n.workerPID() != cmd.Process.Pid {
+		t.Fatal("exec started a second worker beside the foreground one")
+	}
+	if r := n.run("worker"); r.code == 0 || !strings.Contains(r.stderr, "already running") {
+		t.Fatalf("a second foreground worker: exit %d %q, want an error", r.code, r.stderr)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("worker on SIGTERM: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "action finished") {
+		t.Fatalf("a foreground worker logs to stderr too; got:\n%s", stderr.String())
+	}
 }

@@ -84,6 +84,8 @@ func newNode(t *testing.T, name string) *node {
 		"CONSUL_HTTP_ADDR="+agent.Addr(),
 		"CT_SUPERVISE_STATE_DIR="+dir,
 		"CT_SUPERVISE_NODE="+name,
+		// The race-enabled binary otherwise sleeps a second at every exit.
+		"GORACE=atexit_sleep_ms=0",
 	)
 	t.Cleanup(n.stopWorker)
 	return n
