@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/hashicorp/go-hclog"
 	"strings"
 	"time"
 
@@ -90,7 +91,22 @@ func (c *CLI) registerCommand(args []string) int {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
 	log.Debug("registered", "name", d.Name, "changed", changed, "prefix", d.Prefix, "n", d.Limit)
+	c.resumeQueue(store, *verbose, log)
 	return ok()
+}
+
+// resumeQueue starts a worker for requests that a killed worker left queued
+// (consul-template's service restarted, the machine rebooted). Without it
+// they would wait for the next exec, and a restarted consul-template whose
+// renders change nothing runs none. Failing here must not fail the render.
+func (c *CLI) resumeQueue(store *plugin.Store, verbose bool, log hclog.Logger) {
+	st, err := store.Load()
+	if err != nil || st.QueueLen() == 0 {
+		return
+	}
+	if err := c.startWorker(store, verbose); err != nil {
+		log.Warn("could not start a worker for the queued actions", "error", err)
+	}
 }
 
 // rejectData handles an invalid declaration that came as data: keep the last

@@ -307,3 +307,30 @@ func TestForegroundWorker(t *testing.T) {
 		t.Fatalf("a foreground worker logs to stderr too; got:\n%s", stderr.String())
 	}
 }
+
+// Requests left queued by a worker that died are resumed by the next
+// register, that is by the next render, even one that changes nothing and
+// so runs no exec.
+func TestRegisterResumesAnOrphanedQueue(t *testing.T) {
+	n := newNode(t, "node1")
+	n.logOnFailure()
+	marker := filepath.Join(t.TempDir(), "ran")
+	decl := []string{"register", "-name=orphan", "echo ran >> " + marker}
+	n.mustRun(decl...)
+	release := holdLock(t, "ct-supervise/orphan")
+	n.mustRun("exec")
+	waitFor(t, 10*time.Second, "the worker to wait for the lock", func() bool { return n.workerPID() != 0 })
+	dead := n.workerPID()
+	if err := syscall.Kill(dead, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the worker to die", func() bool { return n.workerPID() == 0 })
+
+	n.mustRun(decl...)
+	waitFor(t, 5*time.Second, "register to start a new worker", func() bool {
+		pid := n.workerPID()
+		return pid != 0 && pid != dead
+	})
+	release()
+	waitFor(t, 20*time.Second, "the queued action to run", func() bool { return len(lines(marker)) == 1 })
+}
