@@ -198,3 +198,28 @@ func TestRegisterBadDataKeepsLastGood(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// exec must not take consul-template down over a name that the render did
+// not register. (Only cases that queue nothing run in-process: anything
+// queued would start this test binary as the worker.)
+func TestExecUnknownName(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	sd := "-state-dir=" + dir
+	stdout, stderr, code := runCLI("exec", sd, "nginx")
+	if code != 0 || stdout != "" || !strings.Contains(stderr, `warning: no action "nginx" is registered`) {
+		t.Fatalf("exec unknown: exit %d stdout %q stderr %q, want 0 and a warning", code, stdout, stderr)
+	}
+	for _, args := range [][]string{{"-strict", "nginx"}, {"-wait", "nginx"}} {
+		_, stderr, code := runCLI(append([]string{"exec", sd}, args...)...)
+		if code == 0 || !strings.Contains(stderr, `unknown action "nginx"`) {
+			t.Fatalf("exec %v: exit %d stderr %q, want a failure naming the action", args, code, stderr)
+		}
+	}
+	if _, stderr, code := runCLI("exec", sd, "-wait-timeout=-1s"); code != lockexec.ExitUsage {
+		t.Fatalf("negative -wait-timeout: exit %d %q", code, stderr)
+	}
+	// Nothing pending: a no-op.
+	if stdout, stderr, code := runCLI("exec", sd); code != 0 || stdout != "" || stderr != "" {
+		t.Fatalf("exec with nothing pending: exit %d %q %q", code, stdout, stderr)
+	}
+}

@@ -21,6 +21,10 @@ Use it as the template's post-render command:
 With -wait it instead waits for the queued actions to finish (retries
 included) and exits with the status of the first one that failed.
 
+consul-template exits when its command fails, so exec exits 0 unless it
+could not record the request: a NAME that no template registered (yet) is a
+warning, an error only with -strict or -wait.
+
 Flags:
 `
 
@@ -34,6 +38,7 @@ func (c *CLI) execCommand(args []string) int {
 	fs := newFlagSet(cmd)
 	wait := fs.Bool("wait", false, "wait for the queued actions to finish and exit with their status (for -once runs and scripts)")
 	waitTimeout := fs.Duration("wait-timeout", 0, "with -wait, give up waiting after this long (0: no limit)")
+	strict := fs.Bool("strict", false, "fail on a NAME that is not registered (with -wait too); otherwise warn and exit 0")
 	stateDir := stateDirFlag(fs)
 	verbose := fs.Bool("verbose", false, "debug logging on standard error (the worker logs at debug level too)")
 	if code, done := c.parseFlags(fs, cmd, execUsage, args); done {
@@ -48,22 +53,52 @@ func (c *CLI) execCommand(args []string) int {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
 
-	var tickets []plugin.Ticket
-	var queued int
+	var (
+		tickets []plugin.Ticket
+		unknown []string
+		queued  int
+	)
 	err = store.Update(func(st *plugin.State) error {
+		var known []string
+		for _, name := range fs.Args() {
+			if _, ok := st.Actions[name]; ok {
+				known = append(known, name)
+			} else {
+				unknown = append(unknown, name)
+			}
+		}
+		if len(unknown) > 0 && (*wait || *strict) {
+			_, err := st.Enqueue(unknown, time.Now())
+			return err
+		}
+		if len(known) == 0 && len(unknown) > 0 {
+			return nil // nothing to queue; the warning follows
+		}
 		var err error
-		tickets, err = st.Enqueue(fs.Args(), time.Now())
+		tickets, err = st.Enqueue(known, time.Now())
 		queued = st.QueueLen()
 		return err
 	})
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
+	// consul-template exits when its command fails. A name the render did
+	// not register (its declaration is data that is not there yet) must
+	// not take it down: say so and go on.
+	for _, name := range unknown {
+		c.errorf(cmd, ExitOK, "warning: no action %q is registered in %s; nothing queued for it", name, store.Dir())
+	}
 	log.Debug("queued", "actions", ticketNames(tickets), "queue_length", queued)
 	if queued == 0 {
 		return ExitOK
 	}
 	if err := c.startWorker(store, *verbose); err != nil {
+		if !*wait {
+			// The request is on disk: the next exec or register starts a
+			// worker for it. Failing would stop consul-template.
+			c.errorf(cmd, ExitOK, "warning: %v; the actions stay queued", err)
+			return ExitOK
+		}
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
 	if !*wait {
