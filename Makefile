@@ -49,10 +49,10 @@ fuzz:
 
 # A local Consul dev agent and five consul-template nodes rolling a reload.
 demo: build
-	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) run ./internal/demo -ct-supervise $(BIN)
+	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) run ./internal/demo -ct-supervise $(BIN) $(DEMO_FLAGS)
 
 bench: build
-	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) run ./internal/bench -ct-supervise $(BIN)
+	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) run ./internal/bench -ct-supervise $(BIN) $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin

@@ -120,7 +120,7 @@ func (c *CLI) statusCommand(args []string) int {
 			if herr != nil {
 				as.HoldersErr = herr.Error()
 				err = herr // stop asking an unreachable Consul for every action
-			} else {
+			} else if h != nil {
 				as.Holders = h
 			}
 		}

@@ -10,13 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"ct-supervise/internal/devconsul"
+	"ct-supervise/worker"
 )
 
 var (
@@ -129,29 +129,27 @@ func (n *node) mustRun(args ...string) result {
 	return r
 }
 
-// workerPID is the pid of this node's worker, 0 if none runs.
+// workerPID is the pid of this node's worker, 0 if none runs. It asks the
+// worker's lock, not the process table: a dead worker may linger as a
+// zombie until init reaps it, but its lock is gone.
 func (n *node) workerPID() int {
-	b, err := os.ReadFile(filepath.Join(n.stateDir, "worker.lock"))
+	pid, err := worker.RunningPID(filepath.Join(n.stateDir, worker.LockFile))
 	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if pid <= 0 || syscall.Kill(pid, 0) != nil {
-		return 0
+		n.t.Errorf("worker of %s: %v", n.name, err)
 	}
 	return pid
 }
 
 // stopWorker stops a worker left running by a test (its action is
-// terminated and its lock released), and fails the test if it won't die.
+// terminated and its lock released), and fails the test if it won't stop.
 func (n *node) stopWorker() {
 	pid := n.workerPID()
-	if pid == 0 {
+	if pid <= 0 {
 		return
 	}
 	_ = syscall.Kill(pid, syscall.SIGTERM)
 	deadline := time.Now().Add(15 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
+	for n.workerPID() != 0 {
 		if time.Now().After(deadline) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			n.t.Errorf("worker %d of %s did not stop on SIGTERM", pid, n.name)

@@ -67,8 +67,9 @@ func (a *Action) Queued() bool { return a.Seq > a.Done }
 
 // Enqueue queues the named actions, or every pending one when names is
 // empty, and clears their Pending mark. It coalesces: an action already
-// queued and not yet started keeps its place and runs once; an action queued
-// while it runs gets a new place and runs once more afterwards, with the
+// queued and not yet started, or still waiting for its lock with the same
+// declaration, keeps its place and runs once; an action queued while its
+// command runs gets a new place and runs once more afterwards, with the
 // declaration current at that time.
 func (st *State) Enqueue(names []string, now time.Time) ([]Ticket, error) {
 	if len(names) == 0 {
@@ -89,10 +90,11 @@ func (st *State) Enqueue(names []string, now time.Time) ([]Ticket, error) {
 		a := st.Actions[name]
 		a.Pending = false
 		switch {
-		case a.Queued() && !(a.Running && a.RunSeq == a.Seq):
-			// Not started yet: it will run with the newest declaration
-			// anyway. A try waiting out a backoff is retried now, since the
-			// new render may have fixed what failed.
+		case a.Queued() && (!a.Running || a.Seq > a.RunSeq || a.waitingUnchanged()):
+			// Not started yet (or already due to run again): it will run
+			// with the newest declaration and read the newest rendered
+			// files anyway. A try waiting out a backoff is retried now,
+			// since the new render may have fixed what failed.
 			a.NextAttempt = time.Time{}
 		default:
 			st.Seq++
@@ -105,6 +107,16 @@ func (st *State) Enqueue(names []string, now time.Time) ([]Ticket, error) {
 		tickets = append(tickets, Ticket{Name: name, Seq: a.Seq})
 	}
 	return tickets, nil
+}
+
+// waitingUnchanged reports whether the running try is still waiting for its
+// lock with the declaration that is current now. Its command has not started,
+// so it will see what the latest render wrote: a new request can join it
+// rather than cost the fleet one more rolling restart. Once the lock is held
+// (the command may be running) or the declaration has changed, a new request
+// needs a run of its own.
+func (a *Action) waitingUnchanged() bool {
+	return a.Running && !a.Holding && a.DeclaredAt.Equal(a.RunDeclaredAt)
 }
 
 // QueueLen is the number of actions waiting for a run, running ones
@@ -153,6 +165,7 @@ func (st *State) Begin(name string) (Declaration, uint64, error) {
 	}
 	a.Running = true
 	a.RunSeq = a.Seq
+	a.RunDeclaredAt = a.DeclaredAt
 	return a.Declaration, a.RunSeq, nil
 }
 

@@ -106,6 +106,7 @@ func TestCoalescing(t *testing.T) {
 				if _, _, err := st.Begin(name); err != nil {
 					t.Fatal(err)
 				}
+				st.Acquired(name) // the command is running
 				runs++
 				if first {
 					for i := 0; i < tc.duringRun; i++ {
@@ -226,5 +227,44 @@ func TestAcquiredOnlyMarksARunningTry(t *testing.T) {
 	st.Finish(name, Outcome{OK: true, Finished: time.Now()}, Backoff{})
 	if st.Actions["a"].Holding {
 		t.Fatal("Finish must clear Holding")
+	}
+}
+
+// A request that arrives while the try still waits for its lock joins it:
+// the command has not started and will read the newest render. Once the
+// lock is held, or if the declaration changed, it needs a run of its own.
+func TestEnqueueWhileWaitingForTheLock(t *testing.T) {
+	cases := []struct {
+		name       string
+		acquired   bool
+		redeclared bool
+		wantRerun  bool
+	}{
+		{"waiting, same declaration", false, false, false},
+		{"command running", true, false, true},
+		{"waiting, declaration changed", false, true, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st := stateWith("a")
+			st.Actions["a"].DeclaredAt = time.Unix(100, 0)
+			first := mustEnqueue(t, st, "a")[0]
+			name, _, _ := st.Next(time.Now())
+			st.Begin(name)
+			if tc.acquired {
+				st.Acquired(name)
+			}
+			if tc.redeclared {
+				st.Actions["a"].DeclaredAt = time.Unix(200, 0)
+			}
+			again := mustEnqueue(t, st, "a")[0]
+			if rerun := again.Seq != first.Seq; rerun != tc.wantRerun {
+				t.Fatalf("new request got seq %d after %d: rerun=%v, want %v", again.Seq, first.Seq, rerun, tc.wantRerun)
+			}
+			st.Finish(name, Outcome{OK: true, Finished: time.Now()}, Backoff{})
+			if st.Actions["a"].Queued() != tc.wantRerun {
+				t.Fatalf("after the run: queued=%v, want %v", st.Actions["a"].Queued(), tc.wantRerun)
+			}
+		})
 	}
 }

@@ -61,6 +61,10 @@ type Action struct {
 	// runs; Running without Holding is a try waiting for the lock.
 	Holding bool `json:"holding,omitempty"`
 
+	// RunDeclaredAt is the DeclaredAt of the declaration the running try
+	// uses, to tell whether the declaration changed since it began.
+	RunDeclaredAt time.Time `json:"run_declared_at,omitempty"`
+
 	// Attempts counts failed tries of the current Seq; NextAttempt is when
 	// the next try may start (zero: now).
 	Attempts    int       `json:"attempts"`

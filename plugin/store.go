@@ -196,7 +196,9 @@ func (s *Store) Register(d Declaration, now time.Time) (changed bool, err error)
 
 // RecordError records a rejected declaration's message under name ("" when
 // no name could be read), leaving any good declaration of that name as it
-// is. At is when the message was first recorded: the same rejection
+// is but marking it pending: the render goes on with the last good
+// declaration, so the render's exec must run it as a good one would have
+// been. At is when the message was first recorded: the same rejection
 // repeated on every render writes nothing.
 func (s *Store) RecordError(name, message string, now time.Time) error {
 	// JSON would replace invalid UTF-8 on the way to disk, and the entry
@@ -204,6 +206,9 @@ func (s *Store) RecordError(name, message string, now time.Time) error {
 	name = strings.ToValidUTF8(name, "\uFFFD")
 	message = strings.ToValidUTF8(oneLine(message), "\uFFFD")
 	return s.Update(func(st *State) error {
+		if a := st.Actions[name]; a != nil {
+			a.Pending = true
+		}
 		if old, ok := st.Errors[name]; ok && old.Message == message {
 			return nil
 		}

@@ -277,6 +277,20 @@ func TestRecordError(t *testing.T) {
 	if a := st.Actions["nginx"]; a == nil || !a.Declaration.Equal(d) || !a.DeclaredAt.Equal(t0) {
 		t.Fatalf("RecordError touched the good declaration: %+v", a)
 	}
+	// The render goes on with the last good declaration: its exec must
+	// find it pending even after an exec cleared the mark.
+	if err := s.Update(func(st *State) error { _, err := st.Enqueue(nil, t0); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordError("nginx", "invalid declaration: bad\nthing", t0.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = s.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Actions["nginx"].Pending {
+		t.Fatal("a rejected declaration must leave the last good one pending")
+	}
 	e, ok := st.Errors["nginx"]
 	if !ok || strings.ContainsAny(e.Message, "\r\n") || !strings.Contains(e.Message, "bad") || !e.At.Equal(t0.Add(time.Minute)) {
 		t.Fatalf("recorded error = %+v", e)

@@ -1,0 +1,512 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// End-to-end tests with real consul-template processes: what the README
+// promises operators about templates that declare an action with
+// `{{ plugin "ct-supervise" "register" ... }}` and trigger it with
+// `command = "ct-supervise exec"`.
+
+// putKV writes a key to the package's Consul agent.
+func putKV(t *testing.T, key, value string) {
+	t.Helper()
+	client, err := agent.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.KV().Put(&api.KVPair{Key: key, Value: []byte(value)}, nil); err != nil {
+		t.Fatalf("putting %s: %v", key, err)
+	}
+}
+
+// rollTemplate declares the action with flags and renders the value the
+// ledger action records.
+func rollTemplate(name string, limit int, key string) func(string) ctTemplate {
+	return func(action string) ctTemplate {
+		return ctTemplate{
+			name: "upstreams",
+			body: fmt.Sprintf("{{ plugin \"ct-supervise\" \"register\" \"-n=%d\" \"-name=%s\" %q }}\nvalue={{ key %q }}\n",
+				limit, name, action, key),
+			command: "ct-supervise exec",
+		}
+	}
+}
+
+// checkLimit fails the test if more than limit runs overlapped.
+func checkLimit(t *testing.T, what string, runs []ledgerRun, limit int) int {
+	t.Helper()
+	peak := maxConcurrency(runs)
+	if peak > limit {
+		t.Errorf("%s: %d runs at once, the limit is %d:\n%s", what, peak, limit, timeline(runs))
+	}
+	return peak
+}
+
+// TestConsulTemplateRollOneChange: one KV change reaches every node, and
+// every node runs the action exactly once for it, never more than n at a
+// time. The first render at start-up is a change too (the destination did
+// not exist), so the test lets that initial roll finish, checking it by
+// the same rules, and then counts only the runs after the change.
+func TestConsulTemplateRollOneChange(t *testing.T) {
+	cases := []struct {
+		name   string
+		limit  int
+		nodes  int
+		action string // seconds each run takes
+	}{
+		{"n=1", 1, 8, "0.3"},
+		// Runs long enough that nodes rendering together must overlap, so
+		// that the semaphore has something to limit.
+		{"n=3", 3, 8, "1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("ct-roll-n%d", tc.limit)
+			key := "it/" + name + "/upstream"
+			putKV(t, key, "v1")
+			f := startFleet(t, tc.nodes, tc.action, rollTemplate(name, tc.limit, key))
+
+			start := time.Now()
+			initial := f.waitRoll(0, "v1", 90*time.Second)
+			t.Logf("initial roll: %d runs in %s, at most %d at once", len(initial), time.Since(start).Round(time.Millisecond), maxConcurrency(initial))
+			checkOncePerNode(t, "initial roll", f, initial, "v1")
+			checkLimit(t, "initial roll", initial, tc.limit)
+
+			mark := len(initial)
+			start = time.Now()
+			putKV(t, key, "v2")
+			after := f.waitRoll(mark, "v2", 90*time.Second)
+			// Anything still to come would be a run too many: give it a
+			// moment to show up.
+			time.Sleep(time.Second)
+			after = f.runs()[mark:]
+			peak := maxConcurrency(after)
+			t.Logf("roll of the change: %d runs in %s, at most %d at once\n%s", len(after), time.Since(start).Round(time.Millisecond), peak, timeline(after))
+
+			checkOncePerNode(t, "after the change", f, after, "v2")
+			checkLimit(t, "after the change", after, tc.limit)
+			checkLimit(t, "whole ledger", f.runs(), tc.limit)
+			if tc.limit > 1 && peak < 2 {
+				t.Errorf("runs never overlapped with -n=%d: the nodes were serialized, not limited:\n%s", tc.limit, timeline(after))
+			}
+			for _, n := range f.nodes {
+				if got := n.readDest("upstreams"); !strings.Contains(got, "value=v2\n") {
+					t.Errorf("%s rendered %q, want value=v2", n.name, got)
+				}
+			}
+			f.allRunning()
+		})
+	}
+}
+
+// checkOncePerNode fails the test unless every node of f ran exactly once
+// in runs, to completion, with value rendered.
+func checkOncePerNode(t *testing.T, what string, f *fleet, runs []ledgerRun, value string) {
+	t.Helper()
+	by := runsByNode(runs)
+	for _, n := range f.nodes {
+		rs := by[n.name]
+		if len(rs) != 1 {
+			t.Errorf("%s: %s ran %d times, want exactly once:\n%s", what, n.name, len(rs), timeline(runs))
+			continue
+		}
+		if rs[0].end == 0 || rs[0].seen != value {
+			t.Errorf("%s: %s's run (ended: %t) saw %q, want a finished run that saw %q", what, n.name, rs[0].end != 0, rs[0].seen, value)
+		}
+	}
+	if len(by) != len(f.nodes) {
+		t.Errorf("%s: runs from %d nodes, the fleet has %d:\n%s", what, len(by), len(f.nodes), timeline(runs))
+	}
+}
+
+// TestConsulTemplateBurstCoalesces: ten KV changes within a second. Every
+// node renders the last value and runs the action at least once after the
+// burst and at most twice (a run under way, then one for everything queued
+// during it), its last run seeing the last value, never more than n at once.
+func TestConsulTemplateBurstCoalesces(t *testing.T) {
+	const (
+		name  = "ct-burst"
+		key   = "it/" + name + "/upstream"
+		limit = 2
+		nodes = 6
+		// A run outlasts the burst and the renders that trail it, so a run
+		// started by the first change is still going when the last one is
+		// rendered: two runs at most.
+		actionSeconds = "1.5"
+		changes       = 10
+		gap           = 50 * time.Millisecond
+	)
+	putKV(t, key, "b0")
+	f := startFleet(t, nodes, actionSeconds, rollTemplate(name, limit, key))
+	initial := f.waitRoll(0, "b0", 90*time.Second)
+	checkOncePerNode(t, "initial roll", f, initial, "b0")
+
+	mark := len(initial)
+	start := time.Now()
+	for i := 1; i <= changes; i++ {
+		putKV(t, key, fmt.Sprintf("b%d", i))
+		if i < changes {
+			time.Sleep(gap)
+		}
+	}
+	burst := time.Since(start)
+	if burst > time.Second {
+		t.Logf("warning: the burst took %s, more than the second it is meant to fit in", burst)
+	}
+	final := fmt.Sprintf("b%d", changes)
+	f.waitRoll(mark, final, 90*time.Second)
+	time.Sleep(time.Second)
+	after := f.runs()[mark:]
+	t.Logf("%d changes in %s, then %d runs:\n%s", changes, burst.Round(time.Millisecond), len(after), timeline(after))
+
+	by := runsByNode(after)
+	for _, n := range f.nodes {
+		rs := by[n.name]
+		switch {
+		case len(rs) == 0:
+			t.Errorf("%s never ran the action after the burst", n.name)
+		case len(rs) > 2:
+			t.Errorf("%s ran the action %d times for one burst, want at most 2 (requests must coalesce)", n.name, len(rs))
+		case rs[len(rs)-1].seen != final || rs[len(rs)-1].end == 0:
+			t.Errorf("%s's last run saw %q, want a finished run that saw the final %q", n.name, rs[len(rs)-1].seen, final)
+		}
+		if len(rs) == 2 && rs[0].seen == final {
+			// Within the contract, but a reload more than needed: the
+			// request that queued it came while the first run still
+			// waited for the lock, and that run rendered nothing older.
+			t.Logf("%s ran twice though its first run already saw %q", n.name, final)
+		}
+		if got := n.readDest("upstreams"); got != "\nvalue="+final+"\n" {
+			t.Errorf("%s rendered %q, want the final value %q", n.name, got, final)
+		}
+	}
+	checkLimit(t, "after the burst", after, limit)
+	checkLimit(t, "whole ledger", f.runs(), limit)
+	f.allRunning()
+}
+
+// TestConsulTemplateRegisterLeavesOutputUnchanged: a template with the
+// plugin call renders byte for byte what the same template without it
+// renders, wherever the call sits. Both versions render in one
+// consul-template -once run.
+func TestConsulTemplateRegisterLeavesOutputUnchanged(t *testing.T) {
+	const (
+		key    = "it/ct-identical/upstream"
+		folder = "it/ct-identical/servers"
+		decl   = "it/ct-identical/decl"
+	)
+	putKV(t, key, "10.0.0.1:8080")
+	putKV(t, folder+"/a", "10.0.1.1")
+	putKV(t, folder+"/b", "10.0.1.2")
+	putKV(t, decl, `{"name": "ident-json", "command": "true", "n": "2"}`)
+
+	// @P@ marks where the plugin call goes; the plain version drops it.
+	cases := []struct {
+		name string
+		body string
+		call string
+	}{
+		{"own-line", "# managed\n@P@\nserver {{ key \"" + key + "\" }};\n",
+			`{{ plugin "ct-supervise" "register" "-name=ident-line" "-n=2" "true" }}`},
+		{"first", "@P@upstream {{ key \"" + key + "\" }}\n",
+			`{{ plugin "ct-supervise" "register" "-name=ident-first" "true" }}`},
+		{"mid-line", "server {{ key \"" + key + "\" }};@P@ # end\n",
+			`{{ plugin "ct-supervise" "register" "-name=ident-mid" "-try=10m" "nginx -s reload" }}`},
+		{"last-no-newline", "server {{ key \"" + key + "\" }};\n@P@",
+			`{{ plugin "ct-supervise" "register" "-name=ident-last" "true" }}`},
+		{"in-range", "{{ range ls \"" + folder + "\" }}{{ .Key }} {{ .Value }}@P@\n{{ end }}",
+			`{{ plugin "ct-supervise" "register" "-name=ident-range" "true" }}`},
+		{"from-kv", "@P@\nserver {{ key \"" + key + "\" }};\n",
+			`{{ plugin "ct-supervise" "register" (key "` + decl + `") }}`},
+	}
+	var tmpls []ctTemplate
+	for _, tc := range cases {
+		tmpls = append(tmpls,
+			ctTemplate{name: tc.name + "-with", body: strings.ReplaceAll(tc.body, "@P@", tc.call)},
+			ctTemplate{name: tc.name + "-plain", body: strings.ReplaceAll(tc.body, "@P@", "")})
+	}
+	p := startConsulTemplate(t, "node-1", tmpls, true)
+	if code, exited := p.wait(60 * time.Second); !exited || code != 0 {
+		t.Fatalf("consul-template -once: exited %t, status %d", exited, code)
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			with, plain := p.readDest(tc.name+"-with"), p.readDest(tc.name+"-plain")
+			if !strings.Contains(plain, "10.0.") {
+				t.Fatalf("the plain template rendered %q: no data", plain)
+			}
+			if with != plain {
+				t.Errorf("the plugin call changed the rendered file:\nwith:  %q\nplain: %q", with, plain)
+			}
+		})
+	}
+	// The calls did register: the test would otherwise pass on a plugin
+	// that never ran.
+	declared := map[string]bool{}
+	for _, a := range p.status()["actions"].([]any) {
+		declared[a.(map[string]any)["name"].(string)] = true
+	}
+	for _, want := range []string{"ident-line", "ident-first", "ident-mid", "ident-last", "ident-range", "ident-json"} {
+		if !declared[want] {
+			t.Errorf("action %q was not registered; declared: %v", want, declared)
+		}
+	}
+}
+
+// TestConsulTemplateNotDelayedByLockWait: while an action waits for a lock
+// held elsewhere, another template of the same consul-template process still
+// renders at once, and consul-template outlives its 30s command timeout.
+func TestConsulTemplateNotDelayedByLockWait(t *testing.T) {
+	t.Parallel()
+	const (
+		name     = "ct-held"
+		key      = "it/" + name + "/upstream"
+		otherKey = "it/" + name + "/unrelated"
+		hold     = 30 * time.Second
+		// What "not delayed" means here: generous for a loaded CI machine,
+		// and far below the hold.
+		renderBound = 2 * time.Second
+	)
+	putKV(t, key, "a1")
+	putKV(t, otherKey, "x1")
+	act := ledgerAction(t, "0")
+	p := startConsulTemplate(t, "node-1", []ctTemplate{
+		rollTemplate(name, 1, key)(act.command),
+		{name: "unrelated", body: fmt.Sprintf("other={{ key %q }}\n", otherKey)},
+	}, false)
+	f := &fleet{t: t, nodes: []*ctNode{p}, ledger: act.ledger}
+	f.waitRoll(0, "a1", 60*time.Second)
+	if got := p.readDest("unrelated"); got != "other=x1\n" {
+		t.Fatalf("unrelated template rendered %q", got)
+	}
+
+	release := holdLock(t, "ct-supervise/"+name)
+	held := time.Now()
+	putKV(t, key, "a2")
+	waitFor(t, 10*time.Second, "the first template to render a2", func() bool {
+		return strings.Contains(p.readDest("upstreams"), "value=a2")
+	})
+	// exec has returned (consul-template went on) and left a worker
+	// waiting for the lock.
+	waitFor(t, 10*time.Second, "a worker waiting for the lock", func() bool { return p.busy() })
+
+	changed := time.Now()
+	putKV(t, otherKey, "x2")
+	waitFor(t, renderBound, "the unrelated template to render x2 while the action waits for the lock", func() bool {
+		return p.readDest("unrelated") == "other=x2\n"
+	})
+	t.Logf("unrelated template rendered %s after its change, the action's lock held elsewhere", time.Since(changed).Round(time.Millisecond))
+
+	time.Sleep(time.Until(held.Add(hold)))
+	if !p.running() {
+		code, _ := p.wait(0)
+		t.Fatalf("consul-template exited (status %d) while the action waited for the lock", code)
+	}
+	if strings.Contains(p.log(), "did not exit within time limit") {
+		t.Fatal("consul-template timed out a command while the action waited for the lock")
+	}
+	if got := len(f.runs()); got != 1 {
+		t.Fatalf("%d runs while the lock was held elsewhere, want only the initial one:\n%s", got, timeline(f.runs()))
+	}
+
+	release()
+	f.waitRoll(1, "a2", 30*time.Second)
+}
+
+// TestConsulTemplateDeclarationFromKV: a declaration read from a KV key
+// (issue 6). Before the key exists consul-template waits for it and stays
+// up; a good JSON value declares the action, which the post-render exec
+// runs; a bad one is reported by `status` and leaves the last good
+// declaration in force for the next change. Both forms of the post-render
+// command must get there: `exec` alone, as a one-template process would use
+// it, and `exec NAME`.
+func TestConsulTemplateDeclarationFromKV(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string // the action's name, and the subtest's
+		command string
+	}{
+		{"ct-fromkv", "ct-supervise exec"},
+		{"ct-fromkv-named", "ct-supervise exec ct-fromkv-named"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.command, func(t *testing.T) {
+			t.Parallel()
+			testDeclarationFromKV(t, tc.name, tc.command)
+		})
+	}
+}
+
+func testDeclarationFromKV(t *testing.T, name, command string) {
+	declKey := "it/" + name + "/decl"
+	valueKey := "it/" + name + "/upstream"
+	putKV(t, valueKey, "r1")
+	act := ledgerAction(t, "0.2")
+	p := startConsulTemplate(t, "node-1", []ctTemplate{{
+		name:    "upstreams",
+		body:    fmt.Sprintf("{{ plugin \"ct-supervise\" \"register\" (key %q) }}\nvalue={{ key %q }}\n", declKey, valueKey),
+		command: command,
+	}}, false)
+	f := &fleet{t: t, nodes: []*ctNode{p}, ledger: act.ledger}
+
+	// Missing data: nothing to render yet, and nothing to fail on.
+	time.Sleep(3 * time.Second)
+	if !p.running() {
+		code, _ := p.wait(0)
+		t.Fatalf("consul-template exited (status %d) while the declaration's key did not exist", code)
+	}
+	if got := p.readDest("upstreams"); got != "" {
+		t.Fatalf("rendered %q before the declaration existed", got)
+	}
+
+	good, err := json.Marshal(map[string]any{"name": name, "command": act.command, "n": 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	putKV(t, declKey, string(good))
+	f.waitRoll(0, "r1", 60*time.Second)
+
+	// A typo in the data: the render goes on, status says what is wrong.
+	bad := strings.Replace(string(good), `"n":2`, `"n":2,"tyr":"10m"`, 1)
+	if bad == string(good) {
+		t.Fatalf("could not make a bad declaration out of %s", good)
+	}
+	putKV(t, declKey, bad)
+	var rejected string
+	waitFor(t, 20*time.Second, "status to show the rejected declaration", func() bool {
+		rej, _ := p.status()["rejected"].(map[string]any)
+		e, _ := rej[name].(map[string]any)
+		rejected, _ = e["message"].(string)
+		return rejected != ""
+	})
+	if !strings.Contains(rejected, `"tyr"`) {
+		t.Errorf("status reports %q for the rejected declaration, want it to name the key \"tyr\"", rejected)
+	}
+	if !p.running() {
+		t.Fatal("consul-template exited over a bad declaration in KV")
+	}
+
+	// The last good declaration stays in force: the next change that
+	// re-renders the file runs it.
+	putKV(t, valueKey, "r2")
+	waitFor(t, 10*time.Second, "the template to render r2", func() bool {
+		return strings.Contains(p.readDest("upstreams"), "value=r2")
+	})
+	// A run of 0.2s on a free lock: 15s is ample.
+	deadline := time.Now().Add(15 * time.Second)
+	for !(len(f.runs()) == 2 && f.runs()[1].end != 0 && !p.busy()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the last good declaration did not run for the change after a rejected one "+
+				"(consul-template ran %q after rendering r2):\n%s\nstatus -json:\n%s",
+				command, timeline(f.runs()), p.mustRun("status", "-json").stdout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := f.runs()[1]; r.seen != "r2" {
+		t.Errorf("the run after the change saw %q, want r2", r.seen)
+	}
+	if !p.running() {
+		t.Error("consul-template exited")
+	}
+}
+
+// TestConsulTemplateReportsBadDeclarations: declarations that are code (flags
+// in the template), or data under -strict, fail the render: consul-template
+// exits non-zero and its output names the problem (issue 6).
+func TestConsulTemplateReportsBadDeclarations(t *testing.T) {
+	t.Parallel()
+	const strictKey = "it/ct-strict/decl"
+	putKV(t, strictKey, `{"name": "ct-strict", "command": "true", "tyr": "10m"}`)
+	cases := []struct {
+		name string
+		call string
+		want []string
+	}{
+		{"misspelled flag", `{{ plugin "ct-supervise" "register" "-nme=x" "true" }}`,
+			// The template text is in consul-template's message too: the
+			// flag must be named by ct-supervise's own line.
+			[]string{"ct-supervise register: flag provided but not defined: -nme"}},
+		{"strict bad data", `{{ plugin "ct-supervise" "register" "-strict" (key "` + strictKey + `") }}`,
+			[]string{`unknown key "tyr"`}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := startConsulTemplate(t, "node-1", []ctTemplate{{
+				name:    "bad",
+				body:    tc.call + "\nserver 10.0.0.1;\n",
+				command: "ct-supervise exec",
+			}}, false)
+			code, exited := p.wait(60 * time.Second)
+			if !exited {
+				t.Fatal("consul-template still runs 60s after a render that should have failed")
+			}
+			if code == 0 {
+				t.Fatal("consul-template exited 0, want a failure")
+			}
+			out := p.log()
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("consul-template's output does not contain %q:\n%s", w, tail(out, ctLogTail))
+				}
+			}
+			if got := p.readDest("bad"); got != "" {
+				t.Errorf("rendered %q despite the failure", got)
+			}
+		})
+	}
+}
+
+// TestLedgerChecker makes sure the ledger checks can fail: the assertions
+// above are only as good as parseLedger and maxConcurrency.
+func TestLedgerChecker(t *testing.T) {
+	cases := []struct {
+		name    string
+		ledger  []string
+		wantErr string
+		runs    int
+		peak    int
+	}{
+		{"serial", []string{"a start 10 v1", "a end 20", "b start 20 v1", "b end 30"}, "", 2, 1},
+		{"overlap of three", []string{
+			"a start 10 v1", "b start 11 v1", "c start 12 v1", "a end 13", "d start 14 v1",
+			"b end 15", "c end 16", "d end 17",
+		}, "", 4, 3},
+		{"unfinished run counts", []string{"a start 10 v1", "b start 30 v2", "b end 40"}, "", 2, 2},
+		{"same node twice in a row", []string{"a start 10 v1", "a end 20", "a start 30 v2", "a end 40"}, "", 2, 1},
+		{"interleaved lines of one node", []string{"a start 10 v1", "a start 11 v1"}, "still going", 0, 0},
+		{"end without start", []string{"a end 10"}, "never started", 0, 0},
+		{"end before start", []string{"a start 10 v1", "a end 5"}, "ends before it starts", 0, 0},
+		{"bad timestamp", []string{"a start %N v1"}, "bad timestamp", 0, 0},
+		{"short line", []string{"a start"}, "want", 0, 0},
+		{"unknown event", []string{"a begin 10"}, "neither", 0, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			runs, err := parseLedger(tc.ledger)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(runs) != tc.runs {
+				t.Errorf("%d runs, want %d", len(runs), tc.runs)
+			}
+			if got := maxConcurrency(runs); got != tc.peak {
+				t.Errorf("max concurrency %d, want %d", got, tc.peak)
+			}
+		})
+	}
+}
