@@ -48,11 +48,15 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParseJSON -fuzztime=$(FUZZTIME) ./plugin/
 
 # A local Consul dev agent and five consul-template nodes rolling a reload.
+# (Built, not `go run`: go run reports its own status instead of the demo's.)
 demo: build
-	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) run ./internal/demo -ct-supervise $(BIN) $(DEMO_FLAGS)
+	@$(GO) build -o bin/demo ./internal/demo
+	@bin=$(TOOLS); PATH="$$bin:$$PATH" bin/demo -ct-supervise $(BIN) $(DEMO_FLAGS)
 
+# ct-supervise against `consul lock` on one dev agent; BENCH_FLAGS=-quick for a short run.
 bench: build
-	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) run ./internal/bench -ct-supervise $(BIN) $(BENCH_FLAGS)
+	@$(GO) build -o bin/bench ./internal/bench
+	@bin=$(TOOLS); PATH="$$bin:$$PATH" bin/bench -ct-supervise $(BIN) $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin

@@ -112,3 +112,50 @@ func TestRunForwardsSIGTERM(t *testing.T) {
 		t.Fatalf("the lock was not released: exit %d %s", r.code, r.stderr)
 	}
 }
+
+// ct-supervise run and `consul lock` use the same layout in KV, so that a
+// fleet can move from one to the other without a window where both run.
+func TestRunSharesPrefixWithConsulLock(t *testing.T) {
+	n := newNode(t, "node1")
+	consul, err := exec.LookPath("consul")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, limit := range []int{1, 2} {
+		t.Run(fmt.Sprintf("n=%d", limit), func(t *testing.T) {
+			dir := t.TempDir()
+			started := filepath.Join(dir, "started")
+			gate := filepath.Join(dir, "gate")
+			prefix := fmt.Sprintf("ct-supervise/shared-%d", limit)
+			// consul lock takes every slot, holding until the gate opens.
+			var holders []*exec.Cmd
+			for i := 0; i < limit; i++ {
+				cmd := exec.Command(consul, "lock", fmt.Sprintf("-n=%d", limit), prefix,
+					fmt.Sprintf("echo x >> %s; while [ ! -e %s ]; do sleep 0.05; done", started, gate))
+				cmd.Env = n.env
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+				holders = append(holders, cmd)
+			}
+			waitFor(t, 20*time.Second, "consul lock to take every slot", func() bool { return len(lines(started)) == limit })
+
+			r := n.run("run", fmt.Sprintf("-n=%d", limit), "-prefix="+prefix, "-try=500ms", "true")
+			if r.code != 75 {
+				t.Fatalf("run while consul lock holds every slot: exit %d %s, want 75", r.code, r.stderr)
+			}
+			if err := os.WriteFile(gate, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, h := range holders {
+				if err := h.Wait(); err != nil {
+					t.Fatalf("consul lock: %v", err)
+				}
+			}
+			if r := n.run("run", fmt.Sprintf("-n=%d", limit), "-prefix="+prefix, "-try=5s", "true"); r.code != 0 {
+				t.Fatalf("run after consul lock released: exit %d %s", r.code, r.stderr)
+			}
+		})
+	}
+}
