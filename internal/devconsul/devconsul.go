@@ -43,6 +43,10 @@ type Options struct {
 	// StartTimeout bounds the wait for a leader. Zero means
 	// DefaultStartTimeout.
 	StartTimeout time.Duration
+
+	// ExtraConfig is more agent configuration, in HCL, loaded after ours
+	// (e.g. telemetry or limits for a benchmark). Empty adds nothing.
+	ExtraConfig string
 }
 
 // Agent is a running dev agent.
@@ -123,9 +127,17 @@ func (a *Agent) start() error {
 	if err := os.WriteFile(cfg, []byte(hcl), 0o600); err != nil {
 		return err
 	}
-	cmd := exec.Command(a.opts.Binary, "agent", "-dev",
+	args := []string{"agent", "-dev",
 		"-bind=127.0.0.1", "-client=127.0.0.1", "-advertise=127.0.0.1",
-		"-node=devconsul", "-log-level=warn", "-config-file="+cfg)
+		"-node=devconsul", "-log-level=warn", "-config-file=" + cfg}
+	if a.opts.ExtraConfig != "" {
+		extra := filepath.Join(dir, "extra.hcl")
+		if err := os.WriteFile(extra, []byte(a.opts.ExtraConfig), 0o600); err != nil {
+			return err
+		}
+		args = append(args, "-config-file="+extra)
+	}
+	cmd := exec.Command(a.opts.Binary, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if a.opts.LogFile != "" {
 		f, err := os.OpenFile(a.opts.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -166,6 +178,15 @@ func (a *Agent) start() error {
 			return fmt.Errorf("consul agent on port %d had no leader after %s", a.opts.HTTPPort, a.opts.StartTimeout)
 		}
 	}
+}
+
+// PID is the agent's process id (0 once stopped), e.g. to read its CPU
+// time.
+func (a *Agent) PID() int {
+	if a.cmd == nil {
+		return 0
+	}
+	return a.cmd.Process.Pid
 }
 
 // Addr is the agent's HTTP address, as CONSUL_HTTP_ADDR takes it.
