@@ -18,8 +18,10 @@ TOOLS = $$(./scripts/tools.sh)
 
 all: build
 
+# Static (no cgo): nothing to resolve at start-up, which matters for a
+# plugin consul-template forks several times per render.
 build:
-	$(GO) build -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build -o $(BIN) .
 
 tools:
 	@./scripts/tools.sh
