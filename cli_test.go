@@ -223,3 +223,38 @@ func TestExecUnknownName(t *testing.T) {
 		t.Fatalf("exec with nothing pending: exit %d %q %q", code, stdout, stderr)
 	}
 }
+
+func TestSubcommandBadInput(t *testing.T) {
+	open := filepath.Join(t.TempDir(), "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil { // past the umask
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"worker argument", []string{"worker", "now"}, lockexec.ExitUsage, `unexpected argument "now"`},
+		{"status argument", []string{"status", "all"}, lockexec.ExitUsage, `unexpected argument "all"`},
+		{"exec unknown flag", []string{"exec", "-quick"}, lockexec.ExitUsage, "flag provided but not defined: -quick"},
+		{"status unsafe dir", []string{"status", "-state-dir=" + open}, ExitError, "unsafe state directory"},
+		{"register unsafe dir", []string{"register", "-state-dir=" + open, "-name=x", "true"}, ExitError, "unsafe state directory"},
+		{"exec unsafe dir", []string{"exec", "-state-dir=" + open}, ExitError, "unsafe state directory"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, code := runCLI(tc.args...)
+			if code != tc.code || stdout != "" {
+				t.Fatalf("exit %d stdout %q stderr %q, want exit %d", code, stdout, stderr, tc.code)
+			}
+			oneErrorLine(t, stderr, tc.want)
+		})
+	}
+	if _, err := os.Stat(filepath.Join(open, "state.json")); err == nil {
+		t.Fatal("something was written to an unsafe state directory")
+	}
+}
