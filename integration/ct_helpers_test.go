@@ -1,10 +1,8 @@
 package integration
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"ct-supervise/internal/overlap"
 	"ct-supervise/worker"
 )
 
@@ -387,32 +386,10 @@ func parseLedger(ls []string) ([]ledgerRun, error) {
 	return runs, nil
 }
 
-// maxConcurrency is the largest number of runs under way at one instant. A
-// run still going counts until the end of time. At equal timestamps an end
-// is counted before a start: the ledger's intervals lie strictly within the
-// lock's, so runs that only touch never held the lock together.
+// maxConcurrency is the largest number of runs under way at one instant
+// (see overlap.Max); a run still going counts until the end of time.
 func maxConcurrency(runs []ledgerRun) int {
-	type event struct {
-		at    int64
-		delta int
-	}
-	events := make([]event, 0, 2*len(runs))
-	for _, r := range runs {
-		end := r.end
-		if end == 0 {
-			end = math.MaxInt64
-		}
-		events = append(events, event{r.start, +1}, event{end, -1})
-	}
-	slices.SortFunc(events, func(a, b event) int {
-		return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.delta, b.delta))
-	})
-	cur, peak := 0, 0
-	for _, e := range events {
-		cur += e.delta
-		peak = max(peak, cur)
-	}
-	return peak
+	return overlap.Max(runs, func(r ledgerRun) (int64, int64) { return r.start, r.end })
 }
 
 // runsByNode groups runs by node, each node's in order.

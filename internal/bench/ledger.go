@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"ct-supervise/internal/overlap"
 )
 
 // interval is one run of the stamp command: when it started and ended, in
@@ -88,30 +90,10 @@ func handoffs(ivs []interval) ([]float64, error) {
 	return gaps, nil
 }
 
-// maxConcurrent is the largest number of runs in progress at one instant.
-// A run that ends at the very nanosecond another starts is not counted as
-// overlapping it.
+// maxConcurrent is the largest number of runs in progress at one instant
+// (see overlap.Max).
 func maxConcurrent(ivs []interval) int {
-	type event struct {
-		at    int64
-		delta int
-	}
-	events := make([]event, 0, 2*len(ivs))
-	for _, iv := range ivs {
-		events = append(events, event{iv.Start, +1}, event{iv.End, -1})
-	}
-	sort.Slice(events, func(i, j int) bool {
-		if events[i].at != events[j].at {
-			return events[i].at < events[j].at
-		}
-		return events[i].delta < events[j].delta
-	})
-	cur, peak := 0, 0
-	for _, e := range events {
-		cur += e.delta
-		peak = max(peak, cur)
-	}
-	return peak
+	return overlap.Max(ivs, func(iv interval) (int64, int64) { return iv.Start, iv.End })
 }
 
 // span is the time from the first start to the last end.
