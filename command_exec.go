@@ -59,23 +59,18 @@ func (c *CLI) execCommand(args []string) int {
 		queued  int
 	)
 	err = store.Update(func(st *plugin.State) error {
-		var known []string
-		for _, name := range fs.Args() {
-			if _, ok := st.Actions[name]; ok {
-				known = append(known, name)
-			} else {
-				unknown = append(unknown, name)
+		names := fs.Args()
+		if !*wait && !*strict {
+			names, unknown = splitRegistered(st, names)
+			if len(names) == 0 && len(unknown) > 0 {
+				// Only unknown names: queue nothing (an empty list would
+				// mean every pending action).
+				queued = st.QueueLen()
+				return nil
 			}
 		}
-		if len(unknown) > 0 && (*wait || *strict) {
-			_, err := st.Enqueue(unknown, time.Now())
-			return err
-		}
-		if len(known) == 0 && len(unknown) > 0 {
-			return nil // nothing to queue; the warning follows
-		}
 		var err error
-		tickets, err = st.Enqueue(known, time.Now())
+		tickets, err = st.Enqueue(names, time.Now()) // fails on unknown names
 		queued = st.QueueLen()
 		return err
 	})
@@ -105,6 +100,18 @@ func (c *CLI) execCommand(args []string) int {
 		return ExitOK
 	}
 	return c.waitFor(cmd, store, tickets, *waitTimeout, *verbose)
+}
+
+// splitRegistered separates the names of declared actions from the others.
+func splitRegistered(st *plugin.State, names []string) (known, unknown []string) {
+	for _, name := range names {
+		if _, ok := st.Actions[name]; ok {
+			known = append(known, name)
+		} else {
+			unknown = append(unknown, name)
+		}
+	}
+	return known, unknown
 }
 
 // startWorker makes sure a worker drains the queue.
