@@ -16,21 +16,13 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-const (
-	// abandonWait is how long an interrupted acquire gets to come back by
-	// itself before we destroy the session under it. The api only looks at
-	// its stop channel between blocking queries, which last up to 15s (or
-	// the whole -try), so we cannot wait for it. A request already in flight
-	// answers within one round trip, though, and if it just won the lock we
-	// would rather release it cleanly than have Consul apply the lock-delay
-	// because the session died while holding it.
-	abandonWait = 500 * time.Millisecond
+// cleanupTimeout bounds the release and the session destroy, so that an
+// unreachable Consul cannot hold up a run that is already over. Consul
+// removes the session itself once its TTL runs out.
+const cleanupTimeout = 10 * time.Second
 
-	// cleanupTimeout bounds the session destroy, so that an unreachable
-	// Consul cannot hold up a run that is already over. Consul removes the
-	// session itself once its TTL runs out.
-	cleanupTimeout = 10 * time.Second
-)
+// errTryExpired is the cause of a wait that -try cut short.
+var errTryExpired = errors.New("the -try timeout expired")
 
 // Runner runs commands under Consul locks and semaphores. It keeps no state
 // between runs, so one Runner can serve any number of concurrent Runs.
@@ -54,10 +46,10 @@ func New(client *api.Client) *Runner {
 // as far as the run got.
 //
 // While waiting, only SIGINT and SIGTERM on opts.Signals matter; a stop
-// takes effect within about half a second. While the command runs, every
-// signal is forwarded to its process group, and SIGINT or SIGTERM also
-// count as a request to stop: Run then returns ErrInterrupted, and the
-// command is killed if it is still running KillGrace later.
+// takes effect at once. While the command runs, every signal is forwarded
+// to its process group, and SIGINT or SIGTERM also count as a request to
+// stop: Run then returns ErrInterrupted, and the command is killed if it
+// is still running KillGrace later.
 func (r *Runner) Run(ctx context.Context, opts Options) (res Result, err error) {
 	res.ExitCode = -1
 	if err := opts.validate(); err != nil {
@@ -114,12 +106,10 @@ type run struct {
 	renewDone chan struct{}
 
 	// held is true while we hold the lock or slot, gotIt once we have
-	// held it at all. release gives it back and cleanup deletes the lock
-	// key if nobody else uses it; setUpLock sets both.
-	held    bool
-	gotIt   bool
-	release func() error
-	cleanup func() error
+	// held it at all. lock takes and gives it back; setUpLock sets it.
+	held  bool
+	gotIt bool
+	lock  holder
 }
 
 // createSession creates the session that holds the lock and starts renewing
@@ -172,39 +162,54 @@ func (rn *run) createSession() error {
 	return nil
 }
 
-// acquireResult is what the api's blocking acquire call returned.
+// acquireResult is what the holder's acquire returned.
 type acquireResult struct {
 	lost <-chan struct{}
 	err  error
 }
 
 // acquire blocks until we hold the lock or a slot, -try runs out, ctx is
-// cancelled or a stop signal arrives. It returns the channel the api closes
-// when the lock is lost.
+// cancelled or a stop signal arrives. It returns the channel closed when
+// the lock is lost.
 func (rn *run) acquire(ctx context.Context) (<-chan struct{}, error) {
-	acquireFn, err := rn.setUpLock()
-	if err != nil {
-		return nil, err
-	}
+	rn.setUpLock()
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%w before waiting for the lock: %v", ErrInterrupted, err)
 	}
 	rn.log.Debug("waiting for the lock", "prefix", rn.opts.Prefix, "n", rn.opts.Limit, "try", rn.opts.Try)
 
-	stopCh := make(chan struct{})
+	// The holder's blocking queries follow waitCtx, so stopping the wait
+	// takes effect at once; -try is one deadline over the whole wait.
+	waitCtx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	acquireCtx := waitCtx
+	if rn.opts.Try > 0 {
+		var cancel context.CancelFunc
+		acquireCtx, cancel = context.WithTimeoutCause(waitCtx, rn.opts.Try, errTryExpired)
+		defer cancel()
+	}
 	results := make(chan acquireResult, 1)
 	go func() {
-		lost, err := acquireFn(stopCh)
+		lost, err := rn.lock.acquire(acquireCtx)
 		results <- acquireResult{lost: lost, err: err}
 	}()
 
-	signals := rn.opts.Signals
+	// Once told to stop we still wait for the holder to return, which it
+	// does within a round trip: if it won the lock meanwhile, finish must
+	// know, so that it gives it back cleanly instead of leaving it to the
+	// session's destruction and the lock-delay that comes with it.
+	var interrupted string
+	signals, done := rn.opts.Signals, ctx.Done()
 	for {
 		select {
 		case a := <-results:
-			return rn.acquired(a)
-		case <-ctx.Done():
-			return nil, rn.abandon(stopCh, results, ctx.Err().Error())
+			if interrupted == "" && ctx.Err() != nil {
+				interrupted = ctx.Err().Error()
+			}
+			return rn.acquired(a, interrupted)
+		case <-done:
+			interrupted, done, signals = ctx.Err().Error(), nil, nil
+			stop(ErrInterrupted)
 		case sig, ok := <-signals:
 			if !ok {
 				signals = nil
@@ -214,102 +219,62 @@ func (rn *run) acquire(ctx context.Context) (<-chan struct{}, error) {
 				rn.log.Debug("ignoring signal while waiting for the lock", "signal", sig)
 				continue
 			}
-			return nil, rn.abandon(stopCh, results, "received "+sig.String())
+			interrupted, done, signals = "received "+sig.String(), nil, nil
+			stop(ErrInterrupted)
 		}
 	}
 }
 
-// setUpLock prepares the api lock or semaphore for our session and returns
-// its acquire function.
-func (rn *run) setUpLock() (func(<-chan struct{}) (<-chan struct{}, error), error) {
+// setUpLock chooses the lock or the semaphore for our session.
+func (rn *run) setUpLock() {
+	if rn.opts.Limit == 1 {
+		rn.lock = newLockHolder(rn)
+	} else {
+		rn.lock = newSemaphoreHolder(rn)
+	}
+}
+
+// acquired turns the holder's answer into ours. interrupted, if not empty,
+// says why we stopped waiting.
+func (rn *run) acquired(a acquireResult, interrupted string) (<-chan struct{}, error) {
 	o := &rn.opts
-	if o.Limit == 1 {
-		l, err := rn.client.LockOpts(&api.LockOptions{
-			Key:              o.lockKey(),
-			Session:          rn.session,
-			MonitorRetries:   o.MonitorRetries,
-			MonitorRetryTime: o.MonitorRetryTime,
-			LockWaitTime:     o.Try,
-			LockTryOnce:      o.Try > 0,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("setting up the lock on %q: %w", o.Prefix, err)
-		}
-		rn.release = l.Unlock
-		rn.cleanup = func() error { return ignoreInUse(l.Destroy()) }
-		return l.Lock, nil
+	if a.err == nil {
+		rn.held, rn.gotIt = true, true
 	}
-	s, err := rn.client.SemaphoreOpts(&api.SemaphoreOptions{
-		Prefix:            o.Prefix,
-		Limit:             o.Limit,
-		Session:           rn.session,
-		MonitorRetries:    o.MonitorRetries,
-		MonitorRetryTime:  o.MonitorRetryTime,
-		SemaphoreWaitTime: o.Try,
-		SemaphoreTryOnce:  o.Try > 0,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("setting up the semaphore on %q: %w", o.Prefix, err)
-	}
-	rn.release = s.Release
-	rn.cleanup = func() error { return ignoreInUse(s.Destroy()) }
-	return s.Acquire, nil
-}
-
-// acquired turns the api's answer into ours.
-func (rn *run) acquired(a acquireResult) (<-chan struct{}, error) {
 	switch {
-	case a.err != nil:
-		return nil, rn.acquireError(a.err)
-	case a.lost == nil:
-		// The api gives up without an error when its try budget runs out.
-		rn.log.Debug("lock not acquired in time", "prefix", rn.opts.Prefix, "try", rn.opts.Try)
-		return nil, fmt.Errorf("%w: %q still held after %s", ErrNotAcquired, rn.opts.Prefix, rn.opts.Try)
+	case interrupted != "":
+		rn.log.Debug("stopped waiting for the lock", "prefix", o.Prefix, "reason", interrupted)
+		return nil, fmt.Errorf("%w while waiting for the lock: %s", ErrInterrupted, interrupted)
+	case a.err == nil:
+		return a.lost, nil
+	case errors.Is(a.err, errTryExpired):
+		rn.log.Debug("lock not acquired in time", "prefix", o.Prefix, "try", o.Try)
+		return nil, fmt.Errorf("%w: %q still held after %s", ErrNotAcquired, o.Prefix, o.Try)
 	}
-	rn.held, rn.gotIt = true, true
-	return a.lost, nil
+	return nil, rn.acquireError(a.err)
 }
 
-// abandon stops a pending acquire. If the acquire comes back in time with
-// the lock, finish releases it as usual; otherwise the goroutine is left to
-// notice the closed stop channel at its next turn, and destroying the
-// session in finish guarantees it can no longer win the lock.
-func (rn *run) abandon(stopCh chan struct{}, results <-chan acquireResult, why string) error {
-	close(stopCh)
-	t := time.NewTimer(abandonWait)
-	defer t.Stop()
-	select {
-	case a := <-results:
-		if a.err == nil && a.lost != nil {
-			rn.held, rn.gotIt = true, true
-		}
-	case <-t.C:
-		rn.log.Debug("abandoning the pending acquire", "prefix", rn.opts.Prefix)
-	}
-	rn.log.Debug("stopped waiting for the lock", "prefix", rn.opts.Prefix, "reason", why)
-	return fmt.Errorf("%w while waiting for the lock: %s", ErrInterrupted, why)
-}
-
-// acquireError classifies an error from the api's acquire call.
+// acquireError classifies an error from the holder's acquire.
 func (rn *run) acquireError(err error) error {
 	o := &rn.opts
 	if isConflict(err) {
 		return rn.mismatch()
 	}
-	// The api flattens transport errors into strings, so ask Consul
-	// directly whether it is still there.
+	if isUnreachable(err) {
+		return fmt.Errorf("%w: acquiring the lock on %q: %v", ErrConsulUnreachable, o.Prefix, err)
+	}
+	// A 500 may be Consul losing its servers: ask whether it is still
+	// there.
 	if leader, perr := rn.client.Status().Leader(); (perr != nil && isUnreachable(perr)) || (perr == nil && leader == "") {
 		return fmt.Errorf("%w: acquiring the lock on %q: %v", ErrConsulUnreachable, o.Prefix, err)
 	}
 	return fmt.Errorf("acquiring the lock on %q: %w", o.Prefix, err)
 }
 
-// isConflict reports whether err is the api telling us that the lock key
-// is used with other settings than ours.
+// isConflict reports whether err says that the lock key is used with other
+// settings than ours.
 func isConflict(err error) bool {
-	// The semaphore's limit conflict has no sentinel of its own.
-	return errors.Is(err, api.ErrLockConflict) || errors.Is(err, api.ErrSemaphoreConflict) ||
-		strings.Contains(err.Error(), "limit conflict")
+	return errors.Is(err, errConflict)
 }
 
 // mismatch builds the ErrLimitMismatch error, naming the limit the other
@@ -320,7 +285,7 @@ func (rn *run) mismatch() error {
 	pair, _, err := rn.client.KV().Get(o.lockKey(), nil)
 	switch {
 	case err != nil || pair == nil:
-		// Gone or unreadable since the api looked: keep the generic words.
+		// Gone or unreadable since we looked: keep the generic words.
 	case pair.Flags == api.LockFlagValue:
 		theirs, inUse = describeLimit(1), pair.Session != ""
 	case pair.Flags == api.SemaphoreFlagValue:
@@ -478,7 +443,7 @@ func (rn *run) finish() error {
 	var firstErr error
 	if rn.held {
 		rn.held = false
-		if err := rn.release(); err != nil {
+		if err := rn.lock.release(); err != nil {
 			rn.log.Warn("releasing the lock failed", "prefix", o.Prefix, "error", err)
 			firstErr = fmt.Errorf("releasing the lock on %q: %w", o.Prefix, err)
 		} else {
@@ -502,25 +467,14 @@ func (rn *run) finish() error {
 
 	// Deleting the key once nobody uses it, as `consul lock` does, lets a
 	// later run pick another limit. Only a run that held the lock tries:
-	// before that the api may still be busy acquiring. Failure only leaves
-	// a key behind, which the next holder reuses.
+	// one that never got it has nothing to tidy. Failure only leaves a key
+	// behind, which the next holder reuses.
 	if rn.gotIt && firstErr == nil {
-		if err := rn.cleanup(); err != nil {
+		if err := rn.lock.cleanup(); err != nil {
 			rn.log.Debug("lock key left in place", "key", o.lockKey(), "error", err)
 		}
 	}
 	return firstErr
-}
-
-// ignoreInUse drops the errors a lock or semaphore Destroy returns when
-// someone else is using the key: then it is theirs to clean up.
-func ignoreInUse(err error) error {
-	switch {
-	case errors.Is(err, api.ErrLockInUse), errors.Is(err, api.ErrSemaphoreInUse),
-		errors.Is(err, api.ErrLockConflict), errors.Is(err, api.ErrSemaphoreConflict):
-		return nil
-	}
-	return err
 }
 
 // isStopSignal reports whether sig asks us to stop rather than being meant

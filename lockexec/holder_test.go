@@ -1,0 +1,289 @@
+package lockexec_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"ct-supervise/lockexec"
+)
+
+// TestRunFastCommandsQueueWithoutSleeping runs many short commands on one
+// lock at once. consul's api.Lock slept five seconds whenever an acquire
+// lost a race on a key that had just been released; the whole queue must
+// now drain in well under that. It is a guard against that sleep coming
+// back, not a speed target.
+func TestRunFastCommandsQueueWithoutSleeping(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	const runs = 20
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, runs)
+	for i := 0; i < runs; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			opts := shellOpts(t, prefix, 1, "sleep 0.001")
+			opts.Logger = testLogger(t).Named(strconv.Itoa(i))
+			res, err := r.Run(context.Background(), opts)
+			if err == nil && res.ExitCode != 0 {
+				err = fmt.Errorf("run %d exited %d", i, res.ExitCode)
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	took := time.Since(start)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	t.Logf("%d runs took %s", runs, took)
+	if took > 4*time.Second {
+		t.Errorf("%d runs of a 1ms command took %s, want well under 5s", runs, took)
+	}
+	assertClean(t, client, prefix)
+}
+
+// TestRunSemaphorePrunesDeadHolder fills a semaphore with holders whose
+// sessions then die without giving their slots back: a waiter must notice
+// and take a slot within a few seconds.
+func TestRunSemaphorePrunesDeadHolder(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	prefix := uniquePrefix(t)
+	const limit = 2
+
+	var sessions []string
+	for i := 0; i < limit; i++ {
+		id, _, err := client.Session().Create(&api.SessionEntry{
+			Name: "test holder", TTL: "60s", Behavior: api.SessionBehaviorDelete,
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _, _ = client.Session().Destroy(id, nil) })
+		s, err := client.SemaphoreOpts(&api.SemaphoreOptions{Prefix: prefix, Limit: limit, Session: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Acquire(nil); err != nil {
+			t.Fatalf("holding a slot: %v", err)
+		}
+		sessions = append(sessions, id)
+	}
+
+	dir := t.TempDir()
+	opts := shellOpts(t, prefix, limit, "touch "+dir+"/ran")
+	run := startRun(t, context.Background(), lockexec.New(client), opts)
+	waitOurSession(t, client, prefix)
+	time.Sleep(300 * time.Millisecond)
+	if fileExists(dir + "/ran") {
+		t.Fatal("the command ran while every slot was held")
+	}
+
+	// The holder dies: its contender key goes with its session, but its
+	// name stays in the lock key's holders.
+	if _, err := client.Session().Destroy(sessions[0], nil); err != nil {
+		t.Fatal(err)
+	}
+	died := time.Now()
+	if _, err := run.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	took := time.Since(died)
+	t.Logf("the dead holder's slot was taken after %s", took)
+	if took > 10*time.Second {
+		t.Errorf("the dead holder's slot was taken only after %s", took)
+	}
+	if !fileExists(dir + "/ran") {
+		t.Error("the command did not run")
+	}
+}
+
+// TestRunSemaphoreSiblingPrefixes uses prefixes where one is the other
+// with a suffix, "…/x" and "…/x2": the holders of one must never count
+// against the other.
+func TestRunSemaphoreSiblingPrefixes(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	base := uniquePrefix(t)
+	x, x2 := base+"/x", base+"/x2"
+	const limit = 2
+
+	// Fill x2 with our own runs, which keep waiting until told to go.
+	dir := t.TempDir()
+	var fillers []*bgRun
+	for i := 0; i < limit; i++ {
+		script := fmt.Sprintf(`touch %[1]s/x2-%[2]d; while [ ! -e %[1]s/go ]; do sleep 0.05; done`, dir, i)
+		fillers = append(fillers, startRun(t, context.Background(), r, shellOpts(t, x2, limit, script)))
+		waitFor(t, "a holder of x2", 10*time.Second, func() bool {
+			return fileExists(filepath.Join(dir, fmt.Sprintf("x2-%d", i)))
+		})
+	}
+
+	// Both slots of x at once: each command waits for the other's.
+	var wg sync.WaitGroup
+	errs := make(chan error, limit)
+	for i := 0; i < limit; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			script := fmt.Sprintf(`touch %[1]s/x-%[2]d; n=0; while [ ! -e %[1]s/x-%[3]d ]; do n=$((n+1)); [ $n -gt 200 ] && exit 9; sleep 0.05; done`,
+				dir, i, 1-i)
+			opts := shellOpts(t, x, limit, script)
+			opts.Try = 10 * time.Second
+			res, err := r.Run(context.Background(), opts)
+			if err == nil && res.ExitCode != 0 {
+				err = fmt.Errorf("the holders of %q did not run together (exit %d)", x, res.ExitCode)
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	assertClean(t, client, x)
+
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fillers {
+		if _, err := f.wait(t, 15*time.Second); err != nil {
+			t.Errorf("a holder of x2: %v", err)
+		}
+	}
+	assertClean(t, client, x2)
+}
+
+// TestRunSemaphoreInteropWithAPI mixes our runs with consul's
+// api.Semaphore, which `consul lock -n` uses, on one prefix: each side's
+// slots count against the other's limit, and a slot given back by either
+// side goes to the other.
+func TestRunSemaphoreInteropWithAPI(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	const limit = 2
+	dir := t.TempDir()
+
+	apiSemaphore := func(wait time.Duration) *api.Semaphore {
+		t.Helper()
+		s, err := client.SemaphoreOpts(&api.SemaphoreOptions{
+			Prefix: prefix, Limit: limit, SessionName: "test holder",
+			SemaphoreWaitTime: wait, SemaphoreTryOnce: wait > 0,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	// One slot through the api, one through us: full.
+	a := apiSemaphore(0)
+	if _, err := a.Acquire(nil); err != nil {
+		t.Fatalf("api acquire: %v", err)
+	}
+	aHeld := true
+	t.Cleanup(func() {
+		if aHeld {
+			_ = a.Release()
+		}
+	})
+	first := startRun(t, context.Background(), r, shellOpts(t, prefix, limit,
+		fmt.Sprintf(`touch %[1]s/first; while [ ! -e %[1]s/go ]; do sleep 0.05; done`, dir)))
+	first.waitStarted(t, dir+"/first")
+
+	// Neither side gets a third slot.
+	b := apiSemaphore(500 * time.Millisecond)
+	if lost, err := b.Acquire(nil); err != nil || lost != nil {
+		_ = b.Release()
+		t.Fatalf("the api took a third slot of %d (err %v)", limit, err)
+	}
+	opts := shellOpts(t, prefix, limit, "true")
+	opts.Try = 500 * time.Millisecond
+	if _, err := r.Run(context.Background(), opts); !errors.Is(err, lockexec.ErrNotAcquired) {
+		t.Fatalf("Run with every slot held: %v, want ErrNotAcquired", err)
+	}
+
+	// The api's slot, given back, goes to our waiter at once.
+	waiter := startRun(t, context.Background(), r, shellOpts(t, prefix, limit, "touch "+dir+"/waiter"))
+	waitFor(t, "the waiter's session", 10*time.Second, func() bool { return len(ourSessions(t, client, prefix)) == 2 })
+	time.Sleep(200 * time.Millisecond)
+	if fileExists(dir + "/waiter") {
+		t.Fatal("the waiter ran while every slot was held")
+	}
+	released := time.Now()
+	if err := a.Release(); err != nil {
+		t.Fatalf("api release: %v", err)
+	}
+	aHeld = false
+	if _, err := waiter.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("waiter: %v", err)
+	}
+	if took := time.Since(released); took > 2*time.Second {
+		t.Errorf("our waiter took %s to get the slot the api gave back", took)
+	}
+
+	// Ours, given back, goes to the api's waiter. Fill the slot our
+	// waiter left first, so that the api has to wait for ours.
+	d := apiSemaphore(0)
+	if _, err := d.Acquire(nil); err != nil {
+		t.Fatalf("api acquire: %v", err)
+	}
+	c := apiSemaphore(10 * time.Second)
+	got := make(chan error, 1)
+	go func() {
+		lost, err := c.Acquire(nil)
+		if err == nil && lost == nil {
+			err = errors.New("not acquired in time")
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("the api took a third slot of %d (err %v)", limit, err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("api acquire after our release: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the api did not get a slot after ours was given back")
+	}
+	for _, s := range []*api.Semaphore{c, d} {
+		if err := s.Release(); err != nil {
+			t.Errorf("api release: %v", err)
+		}
+	}
+	_ = c.Destroy()
+	assertClean(t, client, prefix)
+}

@@ -1,0 +1,316 @@
+package lockexec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+)
+
+// holder is how Run takes and gives back a lock or a semaphore slot. Both
+// implementations keep the KV layout of consul's api, so that `consul
+// lock` and other api users on the same prefix exclude us and we them,
+// but wait in their own way: see lockHolder and semaphoreHolder for why.
+type holder interface {
+	// acquire blocks until we hold the lock or a slot, or ctx is done, in
+	// which case the error wraps context.Cause(ctx). The returned channel
+	// is closed if we stop holding it before release is called.
+	acquire(ctx context.Context) (lost <-chan struct{}, err error)
+
+	// release gives back what acquire took and stops watching it.
+	release() error
+
+	// cleanup deletes the lock key if nobody uses it any more. Errors
+	// only mean that the key is left in place.
+	cleanup() error
+}
+
+const (
+	// blockingWait bounds one blocking query. Consul would wait up to ten
+	// minutes; a shorter wait lets a connection that silently died be
+	// noticed sooner, at the price of one cheap request a minute.
+	blockingWait = time.Minute
+
+	// writeTimeout bounds a single write. Writes are not tied to the
+	// caller's context: one cancelled in flight may still have been
+	// applied, and we would then hold the lock without knowing it until
+	// the session's destruction freed it, with a lock-delay.
+	writeTimeout = 10 * time.Second
+
+	// The backoff used when Consul refuses us for a moment (a lock-delay,
+	// a lost race, too many connections): quick at first, since most of
+	// the time the obstacle is gone within milliseconds.
+	minBackoff = 25 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+// errConflict marks a lock key used with other settings than ours: a
+// semaphore where we want a lock, or the other way round, or another
+// limit. Run turns it into ErrLimitMismatch, reading the key again to say
+// what the other side uses.
+var errConflict = errors.New("the lock key is used with other settings")
+
+// lockHolder holds a plain lock (limit 1) at <prefix>/.lock, as
+// api.Lock does: the key carries api.LockFlagValue and is acquired with
+// our session.
+//
+// We wait ourselves rather than through api.Lock because it sleeps a fixed
+// five seconds whenever an acquire fails on a key that no session holds,
+// taking that for Consul's lock-delay. Mostly the holder had simply
+// released already, and a fast reload command then cost everybody behind
+// it five seconds. We retry such failures after a short backoff instead.
+type lockHolder struct {
+	client  *api.Client
+	key     string
+	session string
+	retries int
+	retryIn time.Duration
+	log     hclog.Logger
+
+	stopMonitor context.CancelFunc
+	monitorDone chan struct{}
+}
+
+func newLockHolder(rn *run) *lockHolder {
+	o := &rn.opts
+	return &lockHolder{
+		client:  rn.client,
+		key:     o.lockKey(),
+		session: rn.session,
+		retries: o.MonitorRetries,
+		retryIn: o.MonitorRetryTime,
+		log:     rn.log,
+	}
+}
+
+// pair is the lock key as we write it.
+func (l *lockHolder) pair() *api.KVPair {
+	return &api.KVPair{Key: l.key, Session: l.session, Flags: api.LockFlagValue}
+}
+
+func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
+	kv := l.client.KV()
+	bo := newBackoff()
+	var (
+		index     uint64 // wait for the key to change past this; 0 reads at once
+		contended bool   // our last acquire failed on a key nobody held
+	)
+	for {
+		if ctx.Err() != nil {
+			return nil, waitEnded(ctx)
+		}
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(ctx)
+		pair, meta, err := kv.Get(l.key, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, waitEnded(ctx)
+			}
+			if isTooManyRequests(err) {
+				index = 0
+				if err := bo.wait(ctx); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			return nil, fmt.Errorf("reading the lock key %q: %w", l.key, err)
+		}
+		index = nextIndex(index, meta.LastIndex)
+
+		switch {
+		case pair != nil && pair.Flags != api.LockFlagValue:
+			return nil, fmt.Errorf("%w: %q has flags %#x, not a lock's", errConflict, l.key, pair.Flags)
+		case pair != nil && pair.Session == l.session:
+			// An earlier acquire that failed in transit went through.
+			return l.held(), nil
+		case pair != nil && pair.Session != "":
+			// Held: sleep until the key changes. Its release is a
+			// write to this very key, so we wake at once.
+			bo.reset()
+			contended = false
+			continue
+		}
+
+		// Nobody holds it. After a failed acquire on a free key (Consul's
+		// lock-delay, or someone who took and gave it back in between),
+		// pause briefly rather than hammer it.
+		if contended {
+			if err := bo.wait(ctx); err != nil {
+				return nil, err
+			}
+		}
+		ok, err := l.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
+			ok, _, err := kv.Acquire(l.pair(), w)
+			return ok, err
+		})
+		switch {
+		case err != nil && isTooManyRequests(err):
+			contended = true
+		case err != nil:
+			return nil, fmt.Errorf("acquiring the lock key %q: %w", l.key, err)
+		case ok:
+			return l.held(), nil
+		default:
+			contended = true
+		}
+		// Look again at once: a session holding it now means a real
+		// contender, whose release we then wait for.
+		index = 0
+	}
+}
+
+// write runs one write bounded by writeTimeout.
+func (l *lockHolder) write(f func(*api.KV, *api.WriteOptions) (bool, error)) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	return f(l.client.KV(), (&api.WriteOptions{}).WithContext(ctx))
+}
+
+// held starts the monitor and returns the channel it closes when the lock
+// is lost.
+func (l *lockHolder) held() <-chan struct{} {
+	ctx, cancel := context.WithCancel(context.Background())
+	l.stopMonitor = cancel
+	l.monitorDone = make(chan struct{})
+	lost := make(chan struct{})
+	go func() {
+		defer close(l.monitorDone)
+		watchKey(ctx, l.client, l.key, l.retries, l.retryIn, l.log, func(pair *api.KVPair) bool {
+			return pair != nil && pair.Session == l.session
+		})
+		if ctx.Err() == nil {
+			close(lost)
+		}
+	}()
+	return lost
+}
+
+func (l *lockHolder) release() error {
+	if l.stopMonitor != nil {
+		l.stopMonitor()
+		<-l.monitorDone
+	}
+	// The result does not matter: false only means that we no longer held
+	// it, which the monitor has already reported.
+	_, err := l.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
+		ok, _, err := kv.Release(l.pair(), w)
+		return ok, err
+	})
+	return err
+}
+
+func (l *lockHolder) cleanup() error {
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	kv := l.client.KV()
+	pair, _, err := kv.Get(l.key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || pair == nil {
+		return err
+	}
+	if pair.Flags != api.LockFlagValue || pair.Session != "" {
+		// Someone else's now; theirs to tidy up.
+		return nil
+	}
+	// The CAS keeps us from deleting a key someone acquired meanwhile.
+	_, _, err = kv.DeleteCAS(pair, (&api.WriteOptions{}).WithContext(ctx))
+	return err
+}
+
+// watchKey watches key with blocking queries until still reports false for
+// it, ctx is done, or reading fails more than retries times in a row
+// (waiting retryIn between tries). Only errors that may pass (Consul's
+// 500s and 429s, a connection that failed) are retried.
+func watchKey(ctx context.Context, client *api.Client, key string, retries int, retryIn time.Duration,
+	log hclog.Logger, still func(*api.KVPair) bool) {
+	kv := client.KV()
+	var index uint64
+	left := retries
+	for {
+		// Consistent reads: a stale follower must not tell us we still
+		// hold what we lost, nor the reverse.
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait, RequireConsistent: true}).WithContext(ctx)
+		pair, meta, err := kv.Get(key, q)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			if left > 0 && (api.IsRetryableError(err) || isTooManyRequests(err)) {
+				left--
+				log.Debug("monitor read failed; retrying", "key", key, "retries_left", left, "error", err)
+				index = 0
+				if sleepCtx(ctx, retryIn) != nil {
+					return
+				}
+				continue
+			}
+			log.Warn("monitoring the lock failed", "key", key, "error", err)
+			return
+		}
+		left = retries
+		if !still(pair) {
+			return
+		}
+		index = nextIndex(index, meta.LastIndex)
+	}
+}
+
+// nextIndex is the wait index for the next blocking query. Consul's index
+// may go backwards (a snapshot restore, a new leader's view); waiting on
+// the old one would then block for the whole wait, so start over.
+func nextIndex(prev, last uint64) uint64 {
+	if last < prev || last == 0 {
+		return 0
+	}
+	return last
+}
+
+// waitEnded is the error for a wait that ctx cut short. Run tells the
+// reasons apart by the cause.
+func waitEnded(ctx context.Context) error {
+	return fmt.Errorf("waiting for the lock: %w", context.Cause(ctx))
+}
+
+// isTooManyRequests reports whether Consul turned us away for having too
+// many connections or requests: that passes, so it is worth waiting out.
+func isTooManyRequests(err error) bool {
+	var se api.StatusError
+	if errors.As(err, &se) {
+		return se.Code == http.StatusTooManyRequests
+	}
+	var sep *api.StatusError
+	return errors.As(err, &sep) && sep.Code == http.StatusTooManyRequests
+}
+
+// sleepCtx sleeps for d or until ctx is done, returning the cause then.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return waitEnded(ctx)
+	}
+}
+
+// backoff is a doubling delay with jitter, so that contenders that failed
+// together do not come back together.
+type backoff struct {
+	next time.Duration
+}
+
+func newBackoff() *backoff { return &backoff{next: minBackoff} }
+
+func (b *backoff) reset() { b.next = minBackoff }
+
+// wait sleeps for the current delay, give or take half of it, and doubles
+// the next one up to maxBackoff.
+func (b *backoff) wait(ctx context.Context) error {
+	d := b.next/2 + rand.N(b.next)
+	b.next = min(2*b.next, maxBackoff)
+	return sleepCtx(ctx, d)
+}
