@@ -4,9 +4,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/hashicorp/go-hclog"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"ct-supervise/lockexec"
 	"ct-supervise/plugin"
