@@ -146,7 +146,7 @@ func actionState(a *plugin.Action, workerAlive bool) string {
 		return "running"
 	case a.Running && workerAlive:
 		return "waiting"
-	case a.Queued() && a.Attempts > 0:
+	case a.Queued() && a.Failures > 0:
 		return "retrying"
 	case a.Queued():
 		return "queued"
@@ -225,7 +225,7 @@ func lastResult(a ActionStatus) string {
 	default:
 		s := fmt.Sprintf("error (exit %d) at %s: %s", l.ExitCode, at, oneLine(l.Error))
 		if a.NextAttempt != nil {
-			s += fmt.Sprintf("; retry %d at %s", a.Attempts+1, a.NextAttempt.Format(time.RFC3339))
+			s += "; retry at " + a.NextAttempt.Format(time.RFC3339)
 		}
 		return s
 	}

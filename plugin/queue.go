@@ -94,13 +94,15 @@ func (st *State) Enqueue(names []string, now time.Time) ([]Ticket, error) {
 			// Not started yet (or already due to run again): it will run
 			// with the newest declaration and read the newest rendered
 			// files anyway. A try waiting out a backoff is retried now,
-			// since the new render may have fixed what failed.
+			// since the new render may have fixed what failed, and the
+			// new request gets its full MaxAttempts.
 			a.NextAttempt = time.Time{}
+			a.Attempts = 0
 		default:
 			st.Seq++
 			a.Seq = st.Seq
 			if !a.Running {
-				a.Attempts = 0
+				a.Attempts, a.Failures = 0, 0
 				a.NextAttempt = time.Time{}
 			}
 		}
@@ -201,9 +203,10 @@ func (st *State) Interrupted() []string {
 
 // Finish records the outcome of a run started with Begin. A success covers
 // the run's sequence number. A failure is retried after a backoff, until
-// the declaration's MaxAttempts is reached: then it is marked failed and
-// the sequence number counts as done so the queue moves on; the failure
-// stays visible in Last. Transient failures are retried without limit. A newer request that arrived during the failed run
+// MaxAttempts failures have counted: then it is marked failed and the
+// sequence number counts as done so the queue moves on; the failure stays
+// visible in Last. Transient failures (Consul unreachable) back off too
+// but never count. A newer request that arrived during the failed run
 // starts afresh with no backoff.
 func (st *State) Finish(name string, out Outcome, b Backoff) {
 	a, ok := st.Actions[name]
@@ -215,24 +218,27 @@ func (st *State) Finish(name string, out Outcome, b Backoff) {
 	switch {
 	case out.OK:
 		a.Done = max(a.Done, a.RunSeq)
-		a.Attempts = 0
+		a.Attempts, a.Failures = 0, 0
 		a.NextAttempt = time.Time{}
 	case a.Seq > a.RunSeq:
-		a.Attempts = 0
+		a.Attempts, a.Failures = 0, 0
 		a.NextAttempt = time.Time{}
 	default:
-		a.Attempts++
+		a.Failures++
+		if !out.Transient {
+			a.Attempts++
+		}
 		limit := a.Declaration.MaxAttempts
 		if limit < 1 {
 			limit = DefaultMaxAttempts
 		}
-		if a.Attempts >= limit && !out.Transient {
+		if a.Attempts >= limit {
 			out.Failed = true
 			a.Done = max(a.Done, a.RunSeq)
-			a.Attempts = 0
+			a.Attempts, a.Failures = 0, 0
 			a.NextAttempt = time.Time{}
 		} else {
-			a.NextAttempt = out.Finished.Add(b.Delay(a.Attempts))
+			a.NextAttempt = out.Finished.Add(b.Delay(a.Failures))
 		}
 	}
 	a.Last = &out

@@ -268,3 +268,61 @@ func TestEnqueueWhileWaitingForTheLock(t *testing.T) {
 		})
 	}
 }
+
+// Consul outages back off like any failure but never count: after many of
+// them, the action still has all its attempts.
+func TestTransientFailuresDoNotUseUpAttempts(t *testing.T) {
+	st := stateWith("a")
+	st.Actions["a"].Declaration.MaxAttempts = 2
+	mustEnqueue(t, st, "a")
+	now := time.Unix(1000, 0)
+	try := func(out Outcome) {
+		t.Helper()
+		name, wait, ok := st.Next(now)
+		if !ok {
+			t.Fatalf("nothing due (wait %s)", wait)
+		}
+		st.Begin(name)
+		out.Finished = now
+		st.Finish(name, out, Backoff{})
+		now = st.Actions["a"].NextAttempt
+	}
+	for i := 0; i < 6; i++ {
+		try(Outcome{ExitCode: 69, Transient: true})
+	}
+	if d := st.Actions["a"].NextAttempt.Sub(time.Unix(0, 0)); d <= 0 {
+		t.Fatal("transient failures must back off")
+	}
+	try(Outcome{ExitCode: 1})
+	if a := st.Actions["a"]; !a.Queued() || a.Last.Failed || a.Attempts != 1 {
+		t.Fatalf("after 6 outages and 1 real failure: queued=%v failed=%v attempts=%d, want still queued with 1 attempt used",
+			a.Queued(), a.Last.Failed, a.Attempts)
+	}
+	try(Outcome{ExitCode: 1})
+	if a := st.Actions["a"]; a.Queued() || !a.Last.Failed {
+		t.Fatal("the second real failure must give up (MaxAttempts 2)")
+	}
+}
+
+// A new request for an action that is retrying gets its own MaxAttempts:
+// it must not be given up after the old request's last attempt.
+func TestNewRequestDuringRetriesGetsFullAttempts(t *testing.T) {
+	st := stateWith("a")
+	st.Actions["a"].Declaration.MaxAttempts = 2
+	mustEnqueue(t, st, "a")
+	now := time.Unix(1000, 0)
+	name, _, _ := st.Next(now)
+	st.Begin(name)
+	st.Finish(name, Outcome{ExitCode: 1, Finished: now}, Backoff{})
+	// In backoff after one of two attempts; a new render queues it again.
+	mustEnqueue(t, st, "a")
+	name, _, ok := st.Next(now)
+	if !ok {
+		t.Fatal("a new request must retry at once")
+	}
+	st.Begin(name)
+	st.Finish(name, Outcome{ExitCode: 1, Finished: now}, Backoff{})
+	if a := st.Actions["a"]; !a.Queued() || a.Last.Failed {
+		t.Fatal("the new request was given up after a single try")
+	}
+}

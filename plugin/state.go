@@ -65,9 +65,12 @@ type Action struct {
 	// uses, to tell whether the declaration changed since it began.
 	RunDeclaredAt time.Time `json:"run_declared_at,omitempty"`
 
-	// Attempts counts failed tries of the current Seq; NextAttempt is when
-	// the next try may start (zero: now).
+	// Attempts counts the failed tries that count towards MaxAttempts
+	// (not the transient ones) since the last success or the last new
+	// request; Failures counts every failed try in a row, and sets the
+	// backoff. NextAttempt is when the next try may start (zero: now).
 	Attempts    int       `json:"attempts"`
+	Failures    int       `json:"failures,omitempty"`
 	NextAttempt time.Time `json:"next_attempt,omitempty"`
 
 	// Last is the outcome of the most recent try.
