@@ -27,7 +27,8 @@ const workerUsage = `Usage: ct-supervise worker [flags]
 
 Drains the queue of the state directory: each queued action, in order, under
 its Consul lock or semaphore. 'exec' starts one detached when needed; run it
-in the foreground (e.g. from systemd, with -keep-running) to own it yourself.
+in the foreground (e.g. from systemd, with -keep-running) to own it yourself;
+in the foreground it waits for a worker already running to finish first.
 Logs go to worker.log in the state directory, and to stderr in the foreground.
 Consul is reached through the CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...
 environment. SIGINT/SIGTERM stop the running action (its lock is released)
@@ -85,6 +86,9 @@ func (c *CLI) workerCommand(args []string) int {
 		Logger:      log,
 		Output:      out,
 		KeepRunning: *keep,
+		// In the foreground (a service) wait for a detached worker that
+		// exec started to finish, rather than fail and be restarted.
+		WaitForLock: !*detached,
 	})
 	switch {
 	case errors.Is(err, worker.ErrAlreadyRunning) && *detached:

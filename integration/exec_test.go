@@ -162,8 +162,8 @@ func TestWorkerKilledMidActionRunsItAgain(t *testing.T) {
 	n.mustRun("exec")
 	waitFor(t, 20*time.Second, "the action to start", func() bool { return len(lines(ledger)) == 1 })
 	pid := n.workerPID()
-	if pid == 0 {
-		t.Fatal("no worker")
+	if pid <= 0 { // never kill(-1)
+		t.Fatalf("no worker pid (%d)", pid)
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -294,8 +294,29 @@ func TestForegroundWorker(t *testing.T) {
 	if n.workerPID() != cmd.Process.Pid {
 		t.Fatal("exec started a second worker beside the foreground one")
 	}
-	if r := n.run("worker"); r.code == 0 || !strings.Contains(r.stderr, "already running") {
-		t.Fatalf("a second foreground worker: exit %d %q, want an error", r.code, r.stderr)
+	// A second foreground worker (a service started while exec's worker
+	// runs) waits its turn rather than fail, and stops when told to.
+	second := exec.Command(binary, "worker", "-keep-running")
+	second.Env = n.env
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = second.Process.Kill() })
+	exited := make(chan error, 1)
+	go func() { exited <- second.Wait() }()
+	select {
+	case err := <-exited:
+		t.Fatalf("a second foreground worker exited (%v) instead of waiting", err)
+	case <-time.After(time.Second):
+	}
+	if n.workerPID() != cmd.Process.Pid {
+		t.Fatal("the waiting worker took the state directory")
+	}
+	if err := second.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-exited; err != nil {
+		t.Fatalf("the waiting worker on SIGTERM: %v", err)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -319,8 +340,11 @@ func TestRegisterResumesAnOrphanedQueue(t *testing.T) {
 	n.mustRun(decl...)
 	release := holdLock(t, "ct-supervise/orphan")
 	n.mustRun("exec")
-	waitFor(t, 10*time.Second, "the worker to wait for the lock", func() bool { return n.workerPID() != 0 })
+	waitFor(t, 10*time.Second, "the worker to wait for the lock", func() bool { return n.workerPID() > 0 })
 	dead := n.workerPID()
+	if dead <= 0 { // never kill(-1)
+		t.Fatalf("no worker pid (%d)", dead)
+	}
 	if err := syscall.Kill(dead, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -144,6 +144,10 @@ func (n *node) workerPID() int {
 // terminated and its lock released), and fails the test if it won't stop.
 func (n *node) stopWorker() {
 	pid := n.workerPID()
+	for i := 0; pid < 0 && i < 50; i++ { // locked, pid not written yet
+		time.Sleep(10 * time.Millisecond)
+		pid = n.workerPID()
+	}
 	if pid <= 0 {
 		return
 	}

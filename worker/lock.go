@@ -1,12 +1,14 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // LockFile is the file in the state directory that the running worker holds
@@ -22,17 +24,44 @@ var ErrAlreadyRunning = errors.New("another worker is already running for this s
 // successor.
 type instanceLock struct{ f *os.File }
 
-func acquireInstanceLock(path string) (*instanceLock, error) {
+// probeGrace is how long a busy lock is retried before we conclude that
+// a worker holds it: RunningPID (exec, status) takes it shared for an
+// instant to look, and a worker starting at that instant must not mistake
+// the look for a rival and exit, leaving the queue to nobody.
+const (
+	probeGrace = 250 * time.Millisecond
+	probeRetry = 10 * time.Millisecond
+)
+
+// acquireInstanceLock takes the worker lock. With wait, it keeps trying
+// until ctx is done (a worker run as a service, started while a detached
+// one still drains the queue); otherwise a lock held past probeGrace is
+// ErrAlreadyRunning.
+func acquireInstanceLock(ctx context.Context, path string, wait bool) (*instanceLock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening worker lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+	deadline := time.Now().Add(probeGrace)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("locking %s: %w", path, err)
+		}
+		if !wait && time.Now().After(deadline) {
+			f.Close()
 			return nil, ErrAlreadyRunning
 		}
-		return nil, fmt.Errorf("locking %s: %w", path, err)
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(probeRetry):
+		}
 	}
 	if err := f.Truncate(0); err == nil {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)

@@ -40,6 +40,11 @@ type Options struct {
 	// run as a service. False exits as soon as the queue is empty.
 	KeepRunning bool
 
+	// WaitForLock waits for another worker of the directory to exit
+	// instead of returning ErrAlreadyRunning (for a service, which must
+	// not fail because exec started a detached worker first).
+	WaitForLock bool
+
 	// PollInterval is how often the queue is re-read while idle or waiting
 	// out a backoff. Zero means DefaultPollInterval.
 	PollInterval time.Duration
@@ -66,7 +71,10 @@ func Run(ctx context.Context, opts Options) error {
 		poll = DefaultPollInterval
 	}
 
-	lock, err := acquireInstanceLock(opts.Store.Path(LockFile))
+	lock, err := acquireInstanceLock(ctx, opts.Store.Path(LockFile), opts.WaitForLock)
+	if errors.Is(err, context.Canceled) {
+		return nil // stopped while waiting for the other worker
+	}
 	if err != nil {
 		return err
 	}
@@ -159,7 +167,10 @@ func runOne(ctx context.Context, opts Options, log hclog.Logger, name string, de
 	res, err := opts.Runner.Run(ctx, lopts)
 	finished := time.Now()
 
-	if ctx.Err() != nil && errors.Is(err, lockexec.ErrInterrupted) {
+	// Stopping (a service manager may also signal the command itself, so
+	// it can end before we notice): unless the run succeeded, it stays
+	// queued for the next worker instead of counting as a failed try.
+	if ctx.Err() != nil && (err != nil || res.ExitCode != 0) {
 		log.Info("worker stopping; the action stays queued and runs again on the next start")
 		return opts.Store.Update(func(st *plugin.State) error {
 			st.Abandon(name)
@@ -168,9 +179,11 @@ func runOne(ctx context.Context, opts Options, log hclog.Logger, name string, de
 	}
 
 	out := plugin.Outcome{
-		OK:        err == nil && res.ExitCode == 0,
-		ExitCode:  lockexec.ExitStatus(res, err),
-		Transient: errors.Is(err, lockexec.ErrConsulUnreachable),
+		OK:       err == nil && res.ExitCode == 0,
+		ExitCode: lockexec.ExitStatus(res, err),
+		// Neither a Consul outage nor a -n that the fleet is still
+		// changing over to is the action's fault: retry, never give up.
+		Transient: errors.Is(err, lockexec.ErrConsulUnreachable) || errors.Is(err, lockexec.ErrLimitMismatch),
 		Started:   started,
 		Finished:  finished,
 	}
