@@ -177,6 +177,25 @@ func TestRegister(t *testing.T) {
 	}
 }
 
+// A KV value that is not a JSON object is bad data, never a command line
+// to run on every node.
+func TestRegisterNonObjectDataIsRejected(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	for _, data := range []string{`["rm","-rf","/"]`, `"nginx -s reload"`, "name: nginx\ncommand: nginx -s reload"} {
+		stdout, stderr, code := runCLI("register", "-state-dir="+dir, data)
+		if code != 0 || stdout != "" || !strings.Contains(stderr, "warning: ignoring declaration from data") {
+			t.Fatalf("register %q: exit %d stdout %q stderr %q, want a warning and exit 0", data, code, stdout, stderr)
+		}
+		if _, stderr, code := runCLI("register", "-strict", "-state-dir="+dir, data); code == 0 {
+			t.Fatalf("register -strict %q: exit 0 (%q), want a failure", data, stderr)
+		}
+	}
+	stdout, _, _ := runCLI("status", "-state-dir="+dir, "-http-addr=127.0.0.1:1", "-json")
+	if strings.Contains(stdout, `"name": "`) {
+		t.Fatalf("a non-object value was registered as an action:\n%s", stdout)
+	}
+}
+
 func TestRegisterBadDataKeepsLastGood(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	sd := "-state-dir=" + dir

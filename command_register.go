@@ -23,7 +23,8 @@ Declares an action for 'ct-supervise exec' to run, from a template:
 
 Prints nothing (unless -output), never contacts Consul. Three cases:
   - flags written in the template are code: a bad one fails the render;
-  - a JSON object is data (from KV): a bad one keeps the last good
+  - a JSON object is data (from KV): a bad one (or one that is not an
+    object: an array, a string, several lines) keeps the last good
     declaration, warns on stderr, shows in 'status', and exits 0 (-strict: fails);
   - no declaration at all (data not there yet): nothing to do, exit 0.
 
@@ -66,7 +67,7 @@ func (c *CLI) registerCommand(args []string) int {
 		log.Debug("no declaration given (data not available yet?); nothing to do")
 		return ok()
 
-	case len(rest) == 1 && strings.HasPrefix(strings.TrimSpace(rest[0]), "{"):
+	case len(rest) == 1 && looksLikeData(rest[0]):
 		if given := declarationFlagsGiven(fs); len(given) > 0 {
 			return c.usageError(cmd, fmt.Errorf("give either flags (%s) or one JSON object, not both", strings.Join(given, ", ")))
 		}
@@ -152,6 +153,16 @@ func parseDataDeclaration(s string) (plugin.Declaration, string, error) {
 		return d, "", fmt.Errorf("%w: a JSON declaration needs a \"name\"", plugin.ErrInvalidDeclaration)
 	}
 	return d, name, nil
+}
+
+// looksLikeData tells a declaration that came as data (a JSON object, or
+// something else read from KV that was meant to be one) from a command
+// line written in the template. A JSON array or string, or several lines,
+// is no command anyone writes inline: running it on every node as a shell
+// command would be the worst reading of a bad KV value.
+func looksLikeData(arg string) bool {
+	a := strings.TrimSpace(arg)
+	return strings.HasPrefix(a, "{") || strings.HasPrefix(a, "[") || strings.HasPrefix(a, `"`) || strings.Contains(a, "\n")
 }
 
 // declarationFlagsGiven lists the declaration flags set on the command line

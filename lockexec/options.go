@@ -26,7 +26,7 @@ func (o *Options) validate() error {
 		return invalid("the lock prefix is required")
 	case strings.HasPrefix(o.Prefix, "/"):
 		return invalid("the lock prefix %q must not start with /", o.Prefix)
-	case !cleanPrefix(o.Prefix):
+	case !CleanPrefix(o.Prefix):
 		// Consul's api and `consul lock` clean the path they build keys
 		// from (a semaphore's keys, for one), and we do not: holders that
 		// spell one prefix differently would not exclude each other.
@@ -64,9 +64,11 @@ func (o *Options) validate() error {
 	return nil
 }
 
-// cleanPrefix reports whether prefix is a relative path that path.Clean
-// would leave alone.
-func cleanPrefix(prefix string) bool {
+// CleanPrefix reports whether prefix is a relative path that path.Clean
+// would leave alone: no empty, "." or ".." segment, so that no two
+// spellings name one lock. Declarations are checked with it too, so that
+// a prefix accepted when a template registers it is never refused later.
+func CleanPrefix(prefix string) bool {
 	for _, seg := range strings.Split(prefix, "/") {
 		if seg == "" || seg == "." || seg == ".." {
 			return false

@@ -105,6 +105,13 @@ func ParseJSON(s string) (Declaration, error) {
 	if err := checkKeys(obj); err != nil {
 		return Declaration{}, err
 	}
+	// An array is an argument vector, which a shell would re-split on its
+	// spaces: unless "shell" says otherwise, run it as it is.
+	if _, isArray := obj["command"].([]any); isArray {
+		if _, given := obj["shell"]; !given {
+			d.Shell = false
+		}
+	}
 
 	dc, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
@@ -200,8 +207,8 @@ func checkPrefix(p string) error {
 		// The lock key is the prefix plus ".lock"; a trailing slash would
 		// hide it inside a folder of that name.
 		return invalidf("-prefix %q must not end with \"/\"", p)
-	case strings.Contains(p, "//"):
-		return invalidf("-prefix %q must not contain \"//\"", p)
+	case !lockexec.CleanPrefix(p):
+		return invalidf("-prefix %q must not contain empty, \".\" or \"..\" segments", p)
 	case strings.IndexFunc(p, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
 		return invalidf("-prefix %q must not contain white space or control characters", p)
 	}
