@@ -105,7 +105,16 @@ func Start(opts Options) (*Agent, error) {
 // startAttempts is how many times Start tries fresh ports.
 const startAttempts = 3
 
-func (a *Agent) start() error {
+func (a *Agent) start() (err error) {
+	defer func() {
+		if err != nil {
+			// Whatever got started, and the config directory, go.
+			a.Stop()
+			if a.dir != "" {
+				_ = os.RemoveAll(a.dir)
+			}
+		}
+	}()
 	ports := make([]int, 3)
 	for i := range ports {
 		p, err := FreePort()
