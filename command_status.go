@@ -87,9 +87,11 @@ func (c *CLI) statusCommand(args []string) int {
 	}
 	status := Status{StateDir: store.Dir(), WorkerPID: pid, Rejected: st.Errors}
 
+	// consulErr is why holders are not shown: a bad address, or the first
+	// failed read (then Consul is not asked again for every action).
 	var runner *lockexec.Runner
-	client, err := cf.client()
-	if err == nil {
+	client, consulErr := cf.client()
+	if consulErr == nil {
 		runner = lockexec.New(client)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), statusConsulTimeout)
@@ -115,11 +117,11 @@ func (c *CLI) statusCommand(args []string) int {
 		if e, ok := st.Errors[n]; ok {
 			as.Rejected = &e
 		}
-		if runner != nil && err == nil {
-			h, herr := runner.Holders(d.Prefix, (&api.QueryOptions{}).WithContext(ctx))
-			if herr != nil {
-				as.HoldersErr = herr.Error()
-				err = herr // stop asking an unreachable Consul for every action
+		if consulErr == nil {
+			h, err := runner.Holders(d.Prefix, (&api.QueryOptions{}).WithContext(ctx))
+			if err != nil {
+				as.HoldersErr = err.Error()
+				consulErr = err
 			} else if h != nil {
 				as.Holders = h
 			}
@@ -135,7 +137,7 @@ func (c *CLI) statusCommand(args []string) int {
 		}
 		return ExitOK
 	}
-	c.printStatus(status, err)
+	c.printStatus(status, consulErr)
 	return ExitOK
 }
 
