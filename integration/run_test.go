@@ -86,7 +86,9 @@ func TestRunForwardsSIGTERM(t *testing.T) {
 	n := newNode(t, "node1")
 	dir := t.TempDir()
 	started, got := filepath.Join(dir, "started"), filepath.Join(dir, "got")
-	script := fmt.Sprintf(`trap 'echo TERM > %s; exit 7' TERM; touch %s; sleep 30 & wait`, got, started)
+	// A foreground loop, not `sleep 30 & wait`: a signal landing just before
+	// wait may be left pending by the shell until the sleep ends.
+	script := fmt.Sprintf(`trap 'echo TERM > %s; exit 7' TERM; touch %s; while :; do sleep 0.1; done`, got, started)
 	cmd := exec.Command(binary, "run", "-name=sigterm", script)
 	cmd.Env = n.env
 	if err := cmd.Start(); err != nil {

@@ -309,12 +309,16 @@ func holdElsewhere(t *testing.T, c *api.Client, prefix string, limit int) {
 }
 
 // markerScript is a shell script that records the signals it receives in
-// dir and otherwise waits a long time. "started" appears once it runs. The
-// sleep is in the background so that the shell's trap runs at once; its pid
-// goes to "bgpid".
+// dir and otherwise waits a long time. "started" appears once it runs. A
+// long sleep left in the background, its pid in "bgpid", shows whether a
+// stopped command's leftovers are killed.
 func markerScript(dir string) string {
 	return fmt.Sprintf(`trap 'echo term > %[1]s/term; exit 143' TERM; trap 'echo int > %[1]s/int; exit 130' INT; `+
-		`trap 'echo hup > %[1]s/hup; exit 0' HUP; sleep 30 & echo $! > %[1]s/bgpid; touch %[1]s/started; wait`, dir)
+		`trap 'echo hup > %[1]s/hup; exit 0' HUP; sleep 30 & echo $! > %[1]s/bgpid; touch %[1]s/started; `+
+		// Not `wait`: a signal landing between touch and wait can be left
+		// pending by the shell until the background sleep ends. A short
+		// foreground sleep in a loop runs the trap within 0.1s whatever.
+		`while :; do sleep 0.1; done`, dir)
 }
 
 func markerPath(dir, name string) string { return filepath.Join(dir, name) }

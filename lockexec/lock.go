@@ -104,20 +104,13 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 		if ctx.Err() != nil {
 			return nil, waitEnded(ctx)
 		}
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(ctx)
-		pair, meta, err := kv.Get(l.key, q)
+		pair, meta, again, err := waitRead(ctx, kv, l.key, index, blockingWait, bo)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil, waitEnded(ctx)
-			}
-			if isTooManyRequests(err) {
-				index = 0
-				if err := bo.wait(ctx); err != nil {
-					return nil, err
-				}
-				continue
-			}
-			return nil, fmt.Errorf("reading the lock key %q: %w", l.key, err)
+			return nil, err
+		}
+		if again {
+			index = 0
+			continue
 		}
 		index = nextIndex(index, meta.LastIndex)
 
@@ -270,6 +263,26 @@ func nextIndex(prev, last uint64) uint64 {
 
 // waitEnded is the error for a wait that ctx cut short. Run tells the
 // reasons apart by the cause.
+// waitRead is one read of key for a waiter: blocking past index for up to
+// wait. again reports a refusal for too many connections, already waited
+// out with bo: read afresh. A read that ctx ended returns waitEnded.
+func waitRead(ctx context.Context, kv *api.KV, key string, index uint64, wait time.Duration, bo *backoff) (pair *api.KVPair, meta *api.QueryMeta, again bool, err error) {
+	pair, meta, err = kv.Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
+	switch {
+	case err == nil:
+		return pair, meta, false, nil
+	case ctx.Err() != nil:
+		return nil, nil, false, waitEnded(ctx)
+	case isTooManyRequests(err):
+		if err := bo.wait(ctx); err != nil {
+			return nil, nil, false, err
+		}
+		return nil, nil, true, nil
+	default:
+		return nil, nil, false, fmt.Errorf("reading %q: %w", key, err)
+	}
+}
+
 func waitEnded(ctx context.Context) error {
 	return fmt.Errorf("waiting for the lock: %w", context.Cause(ctx))
 }

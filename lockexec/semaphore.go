@@ -112,20 +112,13 @@ func (s *semaphoreHolder) acquire(ctx context.Context) (<-chan struct{}, error) 
 			timedOut bool
 		)
 		if !mustList {
-			opts := (&api.QueryOptions{WaitIndex: index, WaitTime: waitFor}).WithContext(ctx)
-			p, meta, err := kv.Get(s.lockKey, opts)
+			p, meta, again, err := waitRead(ctx, kv, s.lockKey, index, waitFor, bo)
 			if err != nil {
-				if ctx.Err() != nil {
-					return nil, waitEnded(ctx)
-				}
-				if isTooManyRequests(err) {
-					index = 0
-					if err := bo.wait(ctx); err != nil {
-						return nil, err
-					}
-					continue
-				}
-				return nil, fmt.Errorf("reading the semaphore %q: %w", s.lockKey, err)
+				return nil, err
+			}
+			if again {
+				index = 0
+				continue
 			}
 			// A blocking wait that ran out unchanged means a free slot
 			// nobody took, or a full semaphore nobody released for a while.
