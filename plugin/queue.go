@@ -205,8 +205,8 @@ func (st *State) Interrupted() []string {
 // the run's sequence number. A failure is retried after a backoff, until
 // MaxAttempts failures have counted: then it is marked failed and the
 // sequence number counts as done so the queue moves on; the failure stays
-// visible in Last. Transient failures (Consul unreachable) back off too
-// but never count. A newer request that arrived during the failed run
+// visible in Last. Transient failures (Consul unreachable, a -n the fleet
+// is changing) back off too but never count. A newer request that arrived during the failed run
 // starts afresh with no backoff.
 func (st *State) Finish(name string, out Outcome, b Backoff) {
 	a, ok := st.Actions[name]

@@ -90,8 +90,9 @@ type Outcome struct {
 	Error string `json:"error,omitempty"`
 
 	// Transient marks a failure that is not the action's fault (Consul
-	// unreachable): it is retried with backoff but never counts towards
-	// MaxAttempts, so an outage cannot make the fleet drop a reload.
+	// unreachable, a -n the fleet is part-way through changing): it is
+	// retried with backoff but never counts towards MaxAttempts, so an
+	// outage cannot make the fleet drop a reload.
 	Transient bool `json:"transient,omitempty"`
 
 	// Failed is true when the action was given up after MaxAttempts.

@@ -31,6 +31,7 @@ type instanceLock struct{ f *os.File }
 const (
 	probeGrace = 250 * time.Millisecond
 	probeRetry = 10 * time.Millisecond
+	waitRetry  = 250 * time.Millisecond
 )
 
 // acquireInstanceLock takes the worker lock. With wait, it keeps trying
@@ -52,15 +53,20 @@ func acquireInstanceLock(ctx context.Context, path string, wait bool) (*instance
 			f.Close()
 			return nil, fmt.Errorf("locking %s: %w", path, err)
 		}
-		if !wait && time.Now().After(deadline) {
-			f.Close()
-			return nil, ErrAlreadyRunning
+		retry := probeRetry
+		if time.Now().After(deadline) {
+			if !wait {
+				f.Close()
+				return nil, ErrAlreadyRunning
+			}
+			// A real worker: it may drain its queue for minutes.
+			retry = waitRetry
 		}
 		select {
 		case <-ctx.Done():
 			f.Close()
 			return nil, ctx.Err()
-		case <-time.After(probeRetry):
+		case <-time.After(retry):
 		}
 	}
 	if err := f.Truncate(0); err == nil {
