@@ -26,6 +26,21 @@ func mustEnqueue(t *testing.T, st *State, names ...string) []Ticket {
 	return tk
 }
 
+// tryAt runs one try of whatever is due at now and records out for it,
+// finished at now; the test fails if nothing is due.
+func tryAt(t *testing.T, st *State, now time.Time, out Outcome, b Backoff) {
+	t.Helper()
+	name, wait, ok := st.Next(now)
+	if !ok {
+		t.Fatalf("nothing due at %s (wait %s)", now.Format(time.RFC3339), wait)
+	}
+	if _, _, err := st.Begin(name); err != nil {
+		t.Fatal(err)
+	}
+	out.Finished = now
+	st.Finish(name, out, b)
+}
+
 func TestEnqueuePendingOnlyAndOrder(t *testing.T) {
 	st := stateWith("b", "a", "c")
 	st.Actions["c"].Pending = false
@@ -136,12 +151,7 @@ func TestRetryBackoffThenFailed(t *testing.T) {
 	now := time.Unix(1000, 0)
 	b := Backoff{Base: time.Second, Max: 10 * time.Second}
 	for attempt := 1; attempt <= 3; attempt++ {
-		name, wait, ok := st.Next(now)
-		if !ok {
-			t.Fatalf("attempt %d: nothing due (wait %s)", attempt, wait)
-		}
-		st.Begin(name)
-		st.Finish(name, Outcome{ExitCode: 1, Error: "exit 1", Finished: now}, b)
+		tryAt(t, st, now, Outcome{ExitCode: 1, Error: "exit 1"}, b)
 		if attempt < 3 {
 			_, wait, ok := st.Next(now)
 			if ok || wait != b.Delay(attempt) {
@@ -198,12 +208,8 @@ func TestTransientFailuresNeverGiveUp(t *testing.T) {
 	mustEnqueue(t, st, "a")
 	now := time.Unix(1000, 0)
 	for i := 0; i < 10; i++ {
-		name, wait, ok := st.Next(now)
-		if !ok {
-			t.Fatalf("try %d: nothing due (wait %s); a transient failure must stay queued", i, wait)
-		}
-		st.Begin(name)
-		st.Finish(name, Outcome{ExitCode: 69, Transient: true, Finished: now}, Backoff{})
+		// Fails the test if a transient failure left nothing queued.
+		tryAt(t, st, now, Outcome{ExitCode: 69, Transient: true}, Backoff{})
 		now = st.Actions["a"].NextAttempt
 	}
 	if a := st.Actions["a"]; !a.Queued() || a.Last.Failed {
@@ -278,13 +284,7 @@ func TestTransientFailuresDoNotUseUpAttempts(t *testing.T) {
 	now := time.Unix(1000, 0)
 	try := func(out Outcome) {
 		t.Helper()
-		name, wait, ok := st.Next(now)
-		if !ok {
-			t.Fatalf("nothing due (wait %s)", wait)
-		}
-		st.Begin(name)
-		out.Finished = now
-		st.Finish(name, out, Backoff{})
+		tryAt(t, st, now, out, Backoff{})
 		now = st.Actions["a"].NextAttempt
 	}
 	for i := 0; i < 6; i++ {
@@ -311,17 +311,11 @@ func TestNewRequestDuringRetriesGetsFullAttempts(t *testing.T) {
 	st.Actions["a"].Declaration.MaxAttempts = 2
 	mustEnqueue(t, st, "a")
 	now := time.Unix(1000, 0)
-	name, _, _ := st.Next(now)
-	st.Begin(name)
-	st.Finish(name, Outcome{ExitCode: 1, Finished: now}, Backoff{})
-	// In backoff after one of two attempts; a new render queues it again.
+	tryAt(t, st, now, Outcome{ExitCode: 1}, Backoff{})
+	// In backoff after one of two attempts; a new render queues it again,
+	// and it must be due at once (tryAt fails the test otherwise).
 	mustEnqueue(t, st, "a")
-	name, _, ok := st.Next(now)
-	if !ok {
-		t.Fatal("a new request must retry at once")
-	}
-	st.Begin(name)
-	st.Finish(name, Outcome{ExitCode: 1, Finished: now}, Backoff{})
+	tryAt(t, st, now, Outcome{ExitCode: 1}, Backoff{})
 	if a := st.Actions["a"]; !a.Queued() || a.Last.Failed {
 		t.Fatal("the new request was given up after a single try")
 	}
