@@ -41,7 +41,7 @@ test: fmt-check vet build
 	$(MAKE) fuzz
 
 unit:
-	$(GO) test -race -count=1 -short ./plugin/ .
+	$(GO) test -race -count=1 -short ./plugin/ ./state/ .
 
 integration: build
 	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./integration/

@@ -12,7 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"ct-supervise/lockexec"
-	"ct-supervise/plugin"
+	"ct-supervise/state"
 )
 
 // Name and Version identify this build.
@@ -177,9 +177,9 @@ func stateDirFlag(fs *flag.FlagSet) *string {
 
 // openStore opens the state directory named by flag or default, as an
 // absolute path so that the worker finds the same one from anywhere.
-func openStore(dir string) (*plugin.Store, error) {
+func openStore(dir string) (*state.Store, error) {
 	if dir == "" {
-		d, err := plugin.DefaultStateDir()
+		d, err := state.DefaultStateDir()
 		if err != nil {
 			return nil, err
 		}
@@ -189,5 +189,5 @@ func openStore(dir string) (*plugin.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state directory %q: %w", dir, err)
 	}
-	return plugin.Open(abs)
+	return state.Open(abs)
 }

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"ct-supervise/plugin"
+	"ct-supervise/state"
 	"ct-supervise/worker"
 )
 
@@ -54,11 +54,11 @@ func (c *CLI) execCommand(args []string) int {
 	}
 
 	var (
-		tickets []plugin.Ticket
+		tickets []state.Ticket
 		unknown []string
 		queued  int
 	)
-	err = store.Update(func(st *plugin.State) error {
+	err = store.Update(func(st *state.State) error {
 		names := fs.Args()
 		if !*wait && !*strict {
 			names, unknown = splitRegistered(st, names)
@@ -103,7 +103,7 @@ func (c *CLI) execCommand(args []string) int {
 }
 
 // splitRegistered separates the names of declared actions from the others.
-func splitRegistered(st *plugin.State, names []string) (known, unknown []string) {
+func splitRegistered(st *state.State, names []string) (known, unknown []string) {
 	for _, name := range names {
 		if _, ok := st.Actions[name]; ok {
 			known = append(known, name)
@@ -115,7 +115,7 @@ func splitRegistered(st *plugin.State, names []string) (known, unknown []string)
 }
 
 // startWorker makes sure a worker drains the queue.
-func (c *CLI) startWorker(store *plugin.Store, verbose bool) error {
+func (c *CLI) startWorker(store *state.Store, verbose bool) error {
 	exe, err := worker.Executable()
 	if err != nil {
 		return err
@@ -130,7 +130,7 @@ func (c *CLI) startWorker(store *plugin.Store, verbose bool) error {
 
 // waitFor blocks until every ticket is covered by a finished run. It starts
 // a new worker if the one draining the queue dies meanwhile.
-func (c *CLI) waitFor(cmd string, store *plugin.Store, tickets []plugin.Ticket, limit time.Duration, verbose bool) int {
+func (c *CLI) waitFor(cmd string, store *state.Store, tickets []state.Ticket, limit time.Duration, verbose bool) int {
 	var deadline time.Time
 	if limit > 0 {
 		deadline = time.Now().Add(limit)
@@ -162,7 +162,7 @@ func (c *CLI) waitFor(cmd string, store *plugin.Store, tickets []plugin.Ticket, 
 }
 
 // report prints failed actions and returns the status of the first failure.
-func (c *CLI) report(cmd string, st *plugin.State, tickets []plugin.Ticket) int {
+func (c *CLI) report(cmd string, st *state.State, tickets []state.Ticket) int {
 	code := ExitOK
 	for _, t := range tickets {
 		a := st.Actions[t.Name]
@@ -180,7 +180,7 @@ func (c *CLI) report(cmd string, st *plugin.State, tickets []plugin.Ticket) int 
 	return code
 }
 
-func ticketNames(ts []plugin.Ticket) string {
+func ticketNames(ts []state.Ticket) string {
 	names := make([]string, len(ts))
 	for i, t := range ts {
 		names[i] = t.Name

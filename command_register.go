@@ -11,6 +11,7 @@ import (
 
 	"ct-supervise/lockexec"
 	"ct-supervise/plugin"
+	"ct-supervise/state"
 )
 
 const registerUsage = `Usage: ct-supervise register [flags] COMMAND
@@ -101,7 +102,7 @@ func (c *CLI) registerCommand(args []string) int {
 // (consul-template's service restarted, the machine rebooted). Without it
 // they would wait for the next exec, and a restarted consul-template whose
 // renders change nothing runs none. Failing here must not fail the render.
-func (c *CLI) resumeQueue(store *plugin.Store, verbose bool, log hclog.Logger) {
+func (c *CLI) resumeQueue(store *state.Store, verbose bool, log hclog.Logger) {
 	st, err := store.Load()
 	if err != nil || st.QueueLen() == 0 {
 		return

@@ -12,7 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"ct-supervise/lockexec"
-	"ct-supervise/plugin"
+	"ct-supervise/state"
 	"ct-supervise/worker"
 )
 
@@ -45,18 +45,18 @@ type ActionStatus struct {
 	MaxAttempts  int               `json:"max_attempts"`
 	Attempts     int               `json:"attempts,omitempty"`
 	NextAttempt  *time.Time        `json:"next_attempt,omitempty"`
-	Last         *plugin.Outcome   `json:"last,omitempty"`
+	Last         *state.Outcome    `json:"last,omitempty"`
 	Holders      []lockexec.Holder `json:"holders"`
 	HoldersErr   string            `json:"holders_error,omitempty"`
-	Rejected     *plugin.DeclError `json:"rejected,omitempty"`
+	Rejected     *state.DeclError  `json:"rejected,omitempty"`
 }
 
 // Status is the whole of `status -json`.
 type Status struct {
-	StateDir  string                      `json:"state_dir"`
-	WorkerPID int                         `json:"worker_pid"`
-	Actions   []ActionStatus              `json:"actions"`
-	Rejected  map[string]plugin.DeclError `json:"rejected,omitempty"`
+	StateDir  string                     `json:"state_dir"`
+	WorkerPID int                        `json:"worker_pid"`
+	Actions   []ActionStatus             `json:"actions"`
+	Rejected  map[string]state.DeclError `json:"rejected,omitempty"`
 }
 
 // statusCommand is `ct-supervise status`.
@@ -142,7 +142,7 @@ func (c *CLI) statusCommand(args []string) int {
 }
 
 // actionState names where an action stands, in status's words.
-func actionState(a *plugin.Action, workerAlive bool) string {
+func actionState(a *state.Action, workerAlive bool) string {
 	switch {
 	case a.Running && a.Holding && workerAlive:
 		return "running"

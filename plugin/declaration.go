@@ -1,7 +1,7 @@
-// Package plugin is the template side of ct-supervise: it parses the action
-// declarations that templates make through consul-template's `plugin`
-// function, and keeps the on-disk state of declared, pending and queued
-// actions that `exec` and the worker share.
+// Package plugin is what a template declares through consul-template's
+// `plugin` function: the action declaration, its flags and its JSON form.
+// It touches neither files nor Consul; the state directory that keeps
+// declarations between renders is package state.
 package plugin
 
 import (

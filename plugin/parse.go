@@ -273,11 +273,11 @@ func (d Declaration) Equal(o Declaration) bool {
 // entry, in `status` output and in the state file, so line breaks that user
 // input may have smuggled into them are escaped.
 func invalidf(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrInvalidDeclaration, oneLine(fmt.Sprintf(format, args...)))
+	return fmt.Errorf("%w: %s", ErrInvalidDeclaration, OneLine(fmt.Sprintf(format, args...)))
 }
 
-// oneLine escapes line and paragraph separators.
-func oneLine(s string) string {
+// OneLine escapes line and paragraph separators.
+func OneLine(s string) string {
 	return strings.NewReplacer(
 		"\r", `\r`,
 		"\n", `\n`,

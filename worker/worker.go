@@ -15,6 +15,7 @@ import (
 
 	"ct-supervise/lockexec"
 	"ct-supervise/plugin"
+	"ct-supervise/state"
 )
 
 // DefaultPollInterval is how often an idle or waiting worker re-reads the
@@ -24,7 +25,7 @@ const DefaultPollInterval = 200 * time.Millisecond
 // Options configures a worker. Every field says what its zero value does.
 type Options struct {
 	// Store is the state directory to drain. Required.
-	Store *plugin.Store
+	Store *state.Store
 
 	// Runner runs each action under its lock. Required.
 	Runner *lockexec.Runner
@@ -51,7 +52,7 @@ type Options struct {
 
 	// Backoff is the retry policy for failed tries. Zero fields mean the
 	// plugin defaults.
-	Backoff plugin.Backoff
+	Backoff state.Backoff
 }
 
 // Run drains the queue until it is empty (or, with KeepRunning, until ctx
@@ -81,7 +82,7 @@ func Run(ctx context.Context, opts Options) error {
 	defer lock.release()
 	log.Debug("worker started", "state_dir", opts.Store.Dir())
 
-	err = opts.Store.Update(func(st *plugin.State) error {
+	err = opts.Store.Update(func(st *state.State) error {
 		for _, name := range st.Interrupted() {
 			log.Warn("the previous worker stopped during this action; running it again", "action", name)
 			st.Abandon(name)
@@ -104,7 +105,7 @@ func Run(ctx context.Context, opts Options) error {
 			wait time.Duration
 			done bool
 		)
-		err := opts.Store.Update(func(st *plugin.State) error {
+		err := opts.Store.Update(func(st *state.State) error {
 			n, w, ok := st.Next(time.Now())
 			if !ok {
 				wait = w
@@ -152,7 +153,7 @@ func runOne(ctx context.Context, opts Options, log hclog.Logger, name string, de
 	lopts.Stdout, lopts.Stderr = opts.Output, opts.Output
 	lopts.Logger = log
 	lopts.OnAcquired = func() {
-		err := opts.Store.Update(func(st *plugin.State) error {
+		err := opts.Store.Update(func(st *state.State) error {
 			st.Acquired(name)
 			return nil
 		})
@@ -172,13 +173,13 @@ func runOne(ctx context.Context, opts Options, log hclog.Logger, name string, de
 	// queued for the next worker instead of counting as a failed try.
 	if ctx.Err() != nil && (err != nil || res.ExitCode != 0) {
 		log.Info("worker stopping; the action stays queued and runs again on the next start")
-		return opts.Store.Update(func(st *plugin.State) error {
+		return opts.Store.Update(func(st *state.State) error {
 			st.Abandon(name)
 			return nil
 		})
 	}
 
-	out := plugin.Outcome{
+	out := state.Outcome{
 		OK:       err == nil && res.ExitCode == 0,
 		ExitCode: lockexec.ExitStatus(res, err),
 		// Neither a Consul outage nor a -n that the fleet is still
@@ -197,7 +198,7 @@ func runOne(ctx context.Context, opts Options, log hclog.Logger, name string, de
 	var attempts int
 	var next time.Time
 	var failed bool
-	uerr := opts.Store.Update(func(st *plugin.State) error {
+	uerr := opts.Store.Update(func(st *state.State) error {
 		st.Finish(name, out, opts.Backoff)
 		if a := st.Actions[name]; a != nil {
 			attempts, next = a.Attempts, a.NextAttempt

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"ct-supervise/plugin"
+	"ct-supervise/state"
 )
 
 func TestLedgerHandoffsAndConcurrency(t *testing.T) {
@@ -146,7 +147,7 @@ func BenchmarkNoopExec(b *testing.B) {
 // start-up: parse the flags into a declaration and register it, unchanged,
 // in the state directory.
 func BenchmarkRegisterInProcess(b *testing.B) {
-	store, err := plugin.Open(b.TempDir())
+	store, err := state.Open(b.TempDir())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package plugin
+package state
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"ct-supervise/plugin"
 )
 
 // Files in the state directory.
@@ -166,7 +168,7 @@ func (s *Store) Update(fn func(*State) error) error {
 // finished declaration) so that nothing invalid reaches the state file.
 // Registering an identical declaration that is already pending writes
 // nothing. Reports whether the declaration was new or changed.
-func (s *Store) Register(d Declaration, now time.Time) (changed bool, err error) {
+func (s *Store) Register(d plugin.Declaration, now time.Time) (changed bool, err error) {
 	if err := d.Finish(); err != nil {
 		return false, err
 	}
@@ -204,7 +206,7 @@ func (s *Store) RecordError(name, message string, now time.Time) error {
 	// JSON would replace invalid UTF-8 on the way to disk, and the entry
 	// would never compare equal to its own repeat.
 	name = strings.ToValidUTF8(name, "\uFFFD")
-	message = strings.ToValidUTF8(oneLine(message), "\uFFFD")
+	message = strings.ToValidUTF8(plugin.OneLine(message), "\uFFFD")
 	return s.Update(func(st *State) error {
 		if a := st.Actions[name]; a != nil {
 			a.Pending = true

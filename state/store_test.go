@@ -1,4 +1,4 @@
-package plugin
+package state
 
 import (
 	"encoding/json"
@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"ct-supervise/plugin"
 )
 
 // openTemp opens a store in a fresh directory.
@@ -25,9 +27,9 @@ func openTemp(t *testing.T) *Store {
 }
 
 // decl returns a finished declaration named name running cmd.
-func decl(t *testing.T, name, cmd string) Declaration {
+func decl(t *testing.T, name, cmd string) plugin.Declaration {
 	t.Helper()
-	d := DefaultDeclaration()
+	d := plugin.DefaultDeclaration()
 	d.Name = name
 	d.Command = []string{cmd}
 	if err := d.Finish(); err != nil {
@@ -239,7 +241,7 @@ func TestRegisterRejectsInvalid(t *testing.T) {
 	s := openTemp(t)
 	d := decl(t, "x", "true")
 	d.Limit = 0
-	if _, err := s.Register(d, time.Now()); !errors.Is(err, ErrInvalidDeclaration) {
+	if _, err := s.Register(d, time.Now()); !errors.Is(err, plugin.ErrInvalidDeclaration) {
 		t.Fatalf("Register of an invalid declaration: %v", err)
 	}
 	if names := dirNames(t, s); slices.Contains(names, stateFileName) {
@@ -359,7 +361,7 @@ func TestUpdateErrorWritesNothing(t *testing.T) {
 
 func TestDamagedStateFile(t *testing.T) {
 	good, err := encodeState(&State{Version: StateVersion, Actions: map[string]*Action{
-		"a": {Declaration: DefaultDeclaration(), Pending: true},
+		"a": {Declaration: plugin.DefaultDeclaration(), Pending: true},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -483,7 +485,7 @@ func TestConcurrentRegister(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			d := DefaultDeclaration()
+			d := plugin.DefaultDeclaration()
 			d.Name = fmt.Sprintf("act%d", i%names)
 			d.Command = []string{fmt.Sprintf("echo %d", i%7)}
 			d.Limit = 1 + i%3

@@ -1,15 +1,17 @@
-package plugin
+package state
 
 import (
 	"errors"
 	"testing"
 	"time"
+
+	"ct-supervise/plugin"
 )
 
 func stateWith(names ...string) *State {
 	st := NewState()
 	for _, n := range names {
-		d := DefaultDeclaration()
+		d := plugin.DefaultDeclaration()
 		d.Name = n
 		d.Command = []string{"true"}
 		st.Actions[n] = &Action{Declaration: d, Pending: true}

@@ -1,6 +1,14 @@
-package plugin
+// Package state is the state directory that register, exec and the worker
+// share: the state file (declared actions, where each stands in the queue,
+// rejected declarations) behind a directory lock, and the queue policy:
+// coalescing, retries and backoff. It runs nothing.
+package state
 
-import "time"
+import (
+	"time"
+
+	"ct-supervise/plugin"
+)
 
 // StateVersion is written into the state file so that a future format can be
 // told apart from this one.
@@ -36,7 +44,7 @@ type DeclError struct {
 type Action struct {
 	// Declaration is the latest good declaration; a run always uses the
 	// declaration current when it starts.
-	Declaration Declaration `json:"declaration"`
+	Declaration plugin.Declaration `json:"declaration"`
 
 	// DeclaredAt is when Declaration last changed.
 	DeclaredAt time.Time `json:"declared_at"`

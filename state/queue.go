@@ -1,10 +1,12 @@
-package plugin
+package state
 
 import (
 	"errors"
 	"fmt"
 	"sort"
 	"time"
+
+	"ct-supervise/plugin"
 )
 
 // Retry backoff defaults for failed tries (non-zero exit, lock not acquired
@@ -160,10 +162,10 @@ func (st *State) Next(now time.Time) (name string, wait time.Duration, found boo
 
 // Begin marks the action running and returns the declaration to run and
 // the queue sequence number the run covers.
-func (st *State) Begin(name string) (Declaration, uint64, error) {
+func (st *State) Begin(name string) (plugin.Declaration, uint64, error) {
 	a, ok := st.Actions[name]
 	if !ok {
-		return Declaration{}, 0, fmt.Errorf("%w %q", ErrUnknownAction, name)
+		return plugin.Declaration{}, 0, fmt.Errorf("%w %q", ErrUnknownAction, name)
 	}
 	a.Running = true
 	a.RunSeq = a.Seq
@@ -230,7 +232,7 @@ func (st *State) Finish(name string, out Outcome, b Backoff) {
 		}
 		limit := a.Declaration.MaxAttempts
 		if limit < 1 {
-			limit = DefaultMaxAttempts
+			limit = plugin.DefaultMaxAttempts
 		}
 		if a.Attempts >= limit {
 			out.Failed = true
