@@ -61,7 +61,7 @@ var (
 
 	// ErrTimeout means the command ran longer than Options.Timeout and was
 	// terminated.
-	ErrTimeout = errors.New("command exceeded its -timeout")
+	ErrTimeout = errors.New("command exceeded its -command-timeout")
 
 	// ErrInterrupted means a signal or a cancelled context stopped the run,
 	// before or while the command ran.
@@ -102,9 +102,11 @@ type Options struct {
 	// release). Zero means Consul's default (15s).
 	LockDelay time.Duration
 
-	// Command is the command line. With Shell it is joined with spaces and
-	// run by /bin/sh -c; without, a single element is split on white space
-	// and the first word is executed directly. Required.
+	// Command is a command line (one element) or an argument vector
+	// (several). A command line is run by /bin/sh -c with Shell, and
+	// split on white space without. An argument vector runs exactly as
+	// given: directly, or with Shell as a script of its elements each
+	// quoted. Required.
 	Command []string
 
 	// Shell runs Command through /bin/sh -c.
