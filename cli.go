@@ -82,25 +82,86 @@ func (c *CLI) Run(args []string) int {
 		fmt.Fprint(c.stdout, usageText)
 		return ExitOK
 	default:
+		if sub, ok := mistypedSubcommand(args[0]); ok {
+			return c.usageError("", fmt.Errorf("unknown subcommand %q; did you mean %q? To run a command of that name: %s run %s",
+				args[0], sub, Name, args[0]))
+		}
 		// `ct-supervise -n 1 'nginx -s reload'`, as the original request
 		// wrote it: flags or a command line means run.
 		return c.runCommand(args)
 	}
 }
 
-// errorf prints one error line for a subcommand and returns code.
+// subcommands are the words Run dispatches on, for typo detection.
+var subcommands = []string{"run", "register", "exec", "worker", "status", "version", "help"}
+
+// maxTypoDistance is how far a bare first word may be from a subcommand
+// and still be taken for a typo of it: `stauts`, `exce` and `stat` are, and
+// running them as commands under a lock (the default subcommand) would be
+// the worst reading.
+const maxTypoDistance = 2
+
+// mistypedSubcommand reports the subcommand that word, a bare first word
+// (a plain name: no flag, path, space or shell syntax), is likely a typo
+// of.
+func mistypedSubcommand(word string) (string, bool) {
+	for i, r := range word {
+		letter := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+		if !letter && (i == 0 || !(r >= '0' && r <= '9' || r == '-' || r == '_')) {
+			return "", false
+		}
+	}
+	best, bestDist := "", maxTypoDistance+1
+	for _, sub := range subcommands {
+		if d := editDistance(strings.ToLower(word), sub); d < bestDist {
+			best, bestDist = sub, d
+		}
+	}
+	return best, best != ""
+}
+
+// editDistance is the optimal string alignment distance between a and b:
+// insertions, deletions, substitutions and transpositions of adjacent
+// letters each count one.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	d := make([][]int, len(ra)+1)
+	for i := range d {
+		d[i] = make([]int, len(rb)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(ra)][len(rb)]
+}
+
+// errorf prints one error line for a subcommand ("" for none) and returns
+// code.
 func (c *CLI) errorf(cmd string, code int, format string, a ...any) int {
 	msg := fmt.Sprintf(format, a...)
 	// Keep it to one line whatever the cause said.
 	msg = strings.ReplaceAll(strings.TrimSpace(msg), "\n", " ")
-	fmt.Fprintf(c.stderr, "%s %s: %s\n", Name, cmd, msg)
+	fmt.Fprintf(c.stderr, "%s: %s\n", strings.TrimSpace(Name+" "+cmd), msg)
 	return code
 }
 
 // usageError reports bad usage with the hint to the help text.
 func (c *CLI) usageError(cmd string, err error) int {
 	c.errorf(cmd, lockexec.ExitUsage, "%v", err)
-	fmt.Fprintf(c.stderr, "Run '%s %s -h' for usage.\n", Name, cmd)
+	fmt.Fprintf(c.stderr, "Run '%s -h' for usage.\n", strings.TrimSpace(Name+" "+cmd))
 	return lockexec.ExitUsage
 }
 
@@ -118,15 +179,20 @@ func newFlagSet(cmd string) *flag.FlagSet {
 func (c *CLI) parseFlags(fs *flag.FlagSet, cmd, usage string, args []string) (code int, done bool) {
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(c.stdout, usage)
-		fs.SetOutput(c.stdout)
-		fs.PrintDefaults()
-		return ExitOK, true
+		return c.printUsage(fs, usage), true
 	}
 	if err != nil {
 		return c.usageError(cmd, err), true
 	}
 	return 0, false
+}
+
+// printUsage prints a subcommand's usage text and flags to stdout, for -h.
+func (c *CLI) printUsage(fs *flag.FlagSet, usage string) int {
+	fmt.Fprint(c.stdout, usage)
+	fs.SetOutput(c.stdout)
+	fs.PrintDefaults()
+	return ExitOK
 }
 
 // newLogger returns the named hclog logger for a subcommand: info and above,

@@ -40,7 +40,7 @@ type ActionStatus struct {
 	Limit        int               `json:"n"`
 	Prefix       string            `json:"prefix"`
 	Try          string            `json:"try"`
-	Timeout      string            `json:"timeout"`
+	CmdTimeout   string            `json:"command_timeout"`
 	MonitorRetry int               `json:"monitor_retry"`
 	MaxAttempts  int               `json:"max_attempts"`
 	Attempts     int               `json:"attempts,omitempty"`
@@ -106,7 +106,7 @@ func (c *CLI) statusCommand(args []string) int {
 		d := a.Declaration
 		as := ActionStatus{
 			Name: n, State: actionState(a, pid != 0), Command: d.Command, Shell: d.Shell,
-			Limit: d.Limit, Prefix: d.Prefix, Try: d.Try.String(), Timeout: d.Timeout.String(),
+			Limit: d.Limit, Prefix: d.Prefix, Try: d.Try.String(), CmdTimeout: d.CommandTimeout.String(),
 			MonitorRetry: d.MonitorRetry, MaxAttempts: d.MaxAttempts,
 			Attempts: a.Attempts, Last: a.Last, Holders: []lockexec.Holder{},
 		}

@@ -61,7 +61,7 @@ var (
 
 	// ErrTimeout means the command ran longer than Options.Timeout and was
 	// terminated.
-	ErrTimeout = errors.New("command exceeded its -timeout")
+	ErrTimeout = errors.New("command exceeded its -command-timeout")
 
 	// ErrPermissionDenied means Consul's ACLs refused a request (403): the
 	// token may not write the lock's keys or create sessions.
@@ -117,9 +117,11 @@ type Options struct {
 	// fence.go.
 	LockDelay time.Duration
 
-	// Command is the command line. With Shell it is joined with spaces and
-	// run by /bin/sh -c; without, a single element is split on white space
-	// and the first word is executed directly. Required.
+	// Command is a command line (one element) or an argument vector
+	// (several). A command line is run by /bin/sh -c with Shell, and
+	// split on white space without. An argument vector runs exactly as
+	// given: directly, or with Shell as a script of its elements each
+	// quoted. Required.
 	Command []string
 
 	// Shell runs Command through /bin/sh -c.
