@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"strings"
@@ -86,9 +87,16 @@ func (c *CLI) registerCommand(args []string) int {
 	}
 
 	store, err := openStore(*stateDir)
+	if errors.Is(err, state.ErrNoDefaultStateDir) {
+		// Not the render's fault: say so, let it go on; exec repeats it
+		// where consul-template's log shows it.
+		c.errorf(cmd, ExitOK, "warning: %v; %q not registered", err, d.Name)
+		return ok()
+	}
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
+	defer store.Close()
 	changed, err := store.Register(d, time.Now())
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
@@ -117,6 +125,7 @@ func (c *CLI) resumeQueue(store *state.Store, verbose bool, log hclog.Logger) {
 // render go on, unless strict.
 func (c *CLI) rejectData(cmd, stateDir, name string, err error, strict bool, ok func() int) int {
 	if store, oerr := openStore(stateDir); oerr == nil {
+		defer store.Close()
 		if rerr := store.RecordError(name, err.Error(), time.Now()); rerr != nil {
 			c.errorf(cmd, ExitError, "recording the rejected declaration: %v", rerr)
 		}

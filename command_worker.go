@@ -55,10 +55,11 @@ func (c *CLI) workerCommand(args []string) int {
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
+	defer store.Close()
 	logPath := store.Path(WorkerLogFile)
 	// Rotate only when no worker writes to the log: a worker racing another
 	// one to start must not move the winner's log from under it.
-	if pid, _ := worker.RunningPID(store.Path(worker.LockFile)); pid == 0 {
+	if pid, _ := worker.RunningPID(store); pid == 0 {
 		if fi, err := os.Stat(logPath); err == nil && fi.Size() > WorkerLogMaxBytes {
 			_ = os.Rename(logPath, logPath+".1")
 		}

@@ -5,12 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"ct-supervise/plugin"
 )
@@ -26,83 +31,116 @@ const (
 	// lock on a replaced file protects nothing.
 	stateLockName = "state.lock"
 
-	// stateTempPattern names the temporary files new states are written to
-	// before they are renamed over the state file.
-	stateTempPrefix  = stateFileName + ".tmp-"
-	stateTempPattern = stateTempPrefix + "*"
+	// stateTempPrefix begins the names of the temporary files new states
+	// are written to before they are renamed over the state file.
+	stateTempPrefix = stateFileName + ".tmp-"
 )
 
 // ErrUnsafeStateDir is returned by Open for a state directory that another
-// user could write to. The state file names commands that the worker runs,
-// so whoever can write it can run commands as us.
+// user could write to, swap or point elsewhere. The state file names
+// commands that the worker runs, so whoever can write it, or replace the
+// directory holding it, can run commands as us.
 var ErrUnsafeStateDir = errors.New("unsafe state directory")
 
-// DefaultStateDir returns the state directory to use when none is given:
-// $CT_SUPERVISE_STATE_DIR if set; /var/lib/ct-supervise for root; otherwise
-// $XDG_STATE_HOME/ct-supervise or ~/.local/state/ct-supervise. Every
-// consul-template instance of a user thus shares one queue by default.
-func DefaultStateDir() (string, error) {
+// ErrNoDefaultStateDir is returned by DefaultStateDir when no state
+// directory is configured and none of the built-in defaults can be used (a
+// service user whose home is /nonexistent). Callers run by consul-template
+// report it and let the render go on.
+var ErrNoDefaultStateDir = errors.New("no usable state directory")
+
+// DefaultStateDir returns the state directory to use when none is given,
+// the first of: $CT_SUPERVISE_STATE_DIR; $STATE_DIRECTORY (the first of
+// its colon-separated paths), which systemd's StateDirectory= sets;
+// /var/lib/ct-supervise for root; otherwise $XDG_STATE_HOME/ct-supervise or
+// ~/.local/state/ct-supervise. Every consul-template instance of a user
+// thus shares one queue by default. builtin reports that the answer is one
+// of the last three, which nobody configured.
+func DefaultStateDir() (dir string, builtin bool, err error) {
 	if dir := os.Getenv("CT_SUPERVISE_STATE_DIR"); dir != "" {
-		return dir, nil
+		return dir, false, nil
+	}
+	// systemd joins several StateDirectory= entries with ':'; ours is the
+	// first, as in the README's units.
+	if sd, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); sd != "" {
+		return sd, false, nil
 	}
 	if os.Geteuid() == 0 {
-		return "/var/lib/ct-supervise", nil
+		return "/var/lib/ct-supervise", true, nil
 	}
 	// The XDG base directory spec says to ignore relative paths.
 	if xdg := os.Getenv("XDG_STATE_HOME"); xdg != "" && filepath.IsAbs(xdg) {
-		return filepath.Join(xdg, "ct-supervise"), nil
+		return filepath.Join(xdg, "ct-supervise"), true, nil
 	}
 	home, err := os.UserHomeDir()
 	if err != nil {
-		return "", fmt.Errorf("finding the default state directory (set CT_SUPERVISE_STATE_DIR): %w", err)
+		return "", true, fmt.Errorf("%w: %v; set StateDirectory= (systemd), CT_SUPERVISE_STATE_DIR or -state-dir", ErrNoDefaultStateDir, err)
 	}
-	return filepath.Join(home, ".local", "state", "ct-supervise"), nil
+	return filepath.Join(home, ".local", "state", "ct-supervise"), true, nil
 }
 
-// Store is a state directory: the state file and the lock that serializes
-// access to it among all the processes (register, exec, the worker) that
-// share it. A Store holds no open files between calls, so it is cheap to
-// keep and safe to use from several goroutines.
+// Store is an open state directory: the state file and the lock that
+// serializes access to it among all the processes (register, exec, the
+// worker) that share it. The directory is opened once, and every file in
+// it is opened relative to that descriptor without following symlinks, so
+// renaming the directory or re-pointing a path to it afterwards changes
+// nothing for us. Safe to use from several goroutines; Close releases the
+// descriptor.
 type Store struct {
-	dir string
+	dir string   // the path it was opened by, for messages and for the worker
+	d   *os.File // the directory itself
+	fd  int      // d's descriptor, for the *at calls
 }
 
-// Open opens the state directory dir, creating it (mode 0700) if needed.
-// It refuses, with an error wrapping ErrUnsafeStateDir, a path that is not
-// a directory, a directory that its group or others can write to, and one
-// owned by another user than the effective uid.
-func Open(dir string) (*Store, error) {
+// Open opens the state directory dir, creating it and any missing parent
+// (mode 0700) if needed. It refuses, with an error wrapping
+// ErrUnsafeStateDir:
+//   - a state directory that is a symlink, is not a directory, is owned by
+//     another user than the effective uid, or that its group or others can
+//     write to;
+//   - a path through a directory owned by neither root nor us, or that its
+//     group or others can write to, unless that directory is sticky (like
+//     /tmp) and the entry we go through in it is ours. Otherwise someone else
+//     could swap the state directory, or a directory above it, for theirs.
+//
+// Symlinks above the state directory are followed only where they pass the
+// same rules.
+func Open(dir string) (*Store, error) { return open(dir, true) }
+
+// OpenExisting is Open without creating anything: a missing directory is
+// an error wrapping fs.ErrNotExist. For readers such as status.
+func OpenExisting(dir string) (*Store, error) { return open(dir, false) }
+
+func open(dir string, create bool) (*Store, error) {
 	if dir == "" {
 		return nil, errors.New("state directory: empty path")
 	}
-	dir = filepath.Clean(dir)
-	fi, err := os.Stat(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("creating state directory: %w", err)
-		}
-		fi, err = os.Stat(dir)
-	}
+	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, fmt.Errorf("state directory: %w", err)
+		return nil, fmt.Errorf("state directory %q: %w", dir, err)
 	}
-	if err := checkStateDir(dir, fi); err != nil {
+	fd, err := walkDir(abs, create)
+	if err != nil {
 		return nil, err
 	}
-	return &Store{dir: dir}, nil
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("state directory %s: %w", abs, err)
+	}
+	if err := checkStateDir(abs, &st); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return &Store{dir: abs, d: os.NewFile(uintptr(fd), abs), fd: fd}, nil
 }
 
-// checkStateDir applies Open's safety rules to the stat of dir.
-func checkStateDir(dir string, fi fs.FileInfo) error {
-	if !fi.IsDir() {
+// checkStateDir applies Open's rules to the state directory's own stat.
+func checkStateDir(dir string, st *unix.Stat_t) error {
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return fmt.Errorf("%w %s: not a directory", ErrUnsafeStateDir, dir)
 	}
-	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+	if perm := st.Mode & 0o777; perm&0o022 != 0 {
 		return fmt.Errorf("%w %s: writable by its group or by others (mode %#o); chmod go-w it", ErrUnsafeStateDir, dir, perm)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("%w %s: cannot tell its owner", ErrUnsafeStateDir, dir)
 	}
 	if euid := os.Geteuid(); int64(st.Uid) != int64(euid) {
 		return fmt.Errorf("%w %s: owned by uid %d, not by us (uid %d)", ErrUnsafeStateDir, dir, st.Uid, euid)
@@ -110,10 +148,17 @@ func checkStateDir(dir string, fi fs.FileInfo) error {
 	return nil
 }
 
-// Dir returns the state directory.
+// Close releases the directory descriptor. The Store must not be used
+// afterwards.
+func (s *Store) Close() error { return s.d.Close() }
+
+// Dir returns the state directory's absolute path, as given to Open. It is
+// for messages and for starting the worker (which opens it afresh with the
+// same checks); files are opened with OpenFile, never by path.
 func (s *Store) Dir() string { return s.dir }
 
-// Path returns the path of the named file in the state directory.
+// Path returns the path of the named file in the state directory, for
+// messages.
 func (s *Store) Path(name string) string { return filepath.Join(s.dir, name) }
 
 // Load returns a consistent snapshot of the state. A missing state file is
@@ -225,8 +270,7 @@ func (s *Store) RecordError(name, message string, now time.Time) error {
 // drops the lock when the process dies, so a crash never wedges the
 // directory.
 func (s *Store) lock(how int) (unlock func(), err error) {
-	path := s.Path(stateLockName)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := s.OpenFile(stateLockName, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening state lock: %w", err)
 	}
@@ -238,7 +282,7 @@ func (s *Store) lock(how int) (unlock func(), err error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", path, err)
+		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
 	}
 	// Closing the descriptor releases the lock.
 	return func() { f.Close() }, nil
@@ -247,10 +291,15 @@ func (s *Store) lock(how int) (unlock func(), err error) {
 // read loads the state file; the caller holds the directory lock.
 func (s *Store) read() (*State, error) {
 	path := s.Path(stateFileName)
-	data, err := os.ReadFile(path)
+	f, err := s.OpenFile(stateFileName, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return NewState(), nil
 	}
+	if err != nil {
+		return nil, fmt.Errorf("reading state file: %w", err)
+	}
+	data, err := io.ReadAll(f)
+	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("reading state file: %w", err)
 	}
@@ -315,16 +364,16 @@ func encodeState(st *State) ([]byte, error) {
 func (s *Store) write(data []byte) error {
 	s.removeTemps()
 
-	f, err := os.CreateTemp(s.dir, stateTempPattern) // mode 0600
+	tmp := stateTempPrefix + strconv.FormatUint(rand.Uint64(), 36)
+	f, err := s.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
-	tmp := f.Name()
 	renamed := false
 	defer func() {
 		if !renamed {
 			f.Close()
-			os.Remove(tmp)
+			_ = s.remove(tmp)
 		}
 	}()
 
@@ -337,37 +386,26 @@ func (s *Store) write(data []byte) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
-	if err := os.Rename(tmp, s.Path(stateFileName)); err != nil {
+	if err := s.Rename(tmp, stateFileName); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
 	renamed = true
-	return syncDir(s.dir)
+	if err := unix.Fsync(s.fd); err != nil {
+		return fmt.Errorf("syncing state directory: %w", err)
+	}
+	return nil
 }
 
 // removeTemps deletes temporary files that a process killed mid-write left
 // behind. Only called under the exclusive lock, when no write is under way.
 func (s *Store) removeTemps() {
-	// Not filepath.Glob: the directory path may contain glob characters.
-	entries, err := os.ReadDir(s.dir)
+	names, err := s.names()
 	if err != nil {
 		return
 	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), stateTempPrefix) {
-			_ = os.Remove(s.Path(e.Name()))
+	for _, name := range names {
+		if strings.HasPrefix(name, stateTempPrefix) {
+			_ = s.remove(name)
 		}
 	}
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing state directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing state directory: %w", err)
-	}
-	return nil
 }

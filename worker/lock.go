@@ -19,6 +19,13 @@ const LockFile = "worker.lock"
 // directory.
 var ErrAlreadyRunning = errors.New("another worker is already running for this state directory")
 
+// Dir opens files in the state directory without following symlinks, as
+// state.Store does: a worker.lock symlink planted there must not make us
+// truncate its target.
+type Dir interface {
+	OpenFile(name string, flag int, perm os.FileMode) (*os.File, error)
+}
+
 // instanceLock is the worker's single-instance lock. The OS drops it when
 // the process dies, however it dies, so a crashed worker never blocks its
 // successor.
@@ -38,8 +45,8 @@ const (
 // until ctx is done (a worker run as a service, started while a detached
 // one still drains the queue); otherwise a lock held past probeGrace is
 // ErrAlreadyRunning.
-func acquireInstanceLock(ctx context.Context, path string, wait bool) (*instanceLock, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+func acquireInstanceLock(ctx context.Context, dir Dir, wait bool) (*instanceLock, error) {
+	f, err := dir.OpenFile(LockFile, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening worker lock: %w", err)
 	}
@@ -51,7 +58,7 @@ func acquireInstanceLock(ctx context.Context, path string, wait bool) (*instance
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
-			return nil, fmt.Errorf("locking %s: %w", path, err)
+			return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
 		}
 		retry := probeRetry
 		if time.Now().After(deadline) {
@@ -85,10 +92,10 @@ func (l *instanceLock) release() {
 	l.f = nil
 }
 
-// RunningPID reports the pid of the worker holding the lock at path, or 0
+// RunningPID reports the pid of the worker holding the lock in dir, or 0
 // when no worker is running.
-func RunningPID(path string) (int, error) {
-	f, err := os.Open(path)
+func RunningPID(dir Dir) (int, error) {
+	f, err := dir.OpenFile(LockFile, os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	}
@@ -101,7 +108,7 @@ func RunningPID(path string) (int, error) {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		return 0, nil
 	} else if !errors.Is(err, syscall.EWOULDBLOCK) {
-		return 0, fmt.Errorf("checking %s: %w", path, err)
+		return 0, fmt.Errorf("checking %s: %w", f.Name(), err)
 	}
 	b := make([]byte, 32)
 	n, _ := f.ReadAt(b, 0)

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"ct-supervise/state"
 	"ct-supervise/worker"
 )
 
@@ -73,7 +73,12 @@ func (p *procs) trackStateDir(dir string) {
 
 // workerPID is the pid of the worker serving dir, 0 if none runs.
 func workerPID(dir string) int {
-	pid, err := worker.RunningPID(filepath.Join(dir, worker.LockFile))
+	store, err := state.OpenExisting(dir)
+	if err != nil {
+		return 0
+	}
+	defer store.Close()
+	pid, err := worker.RunningPID(store)
 	if err != nil || pid < 0 {
 		return 0
 	}

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"ct-supervise/state"
 	"ct-supervise/worker"
 )
 
@@ -206,7 +207,12 @@ func (n *ctNode) exited() bool {
 // workerPID is the pid of the node's ct-supervise worker: 0 if none runs,
 // -1 if one is starting.
 func (n *ctNode) workerPID() int {
-	pid, err := worker.RunningPID(filepath.Join(n.stateDir, worker.LockFile))
+	store, err := state.OpenExisting(n.stateDir)
+	if err != nil {
+		return 0
+	}
+	defer store.Close()
+	pid, err := worker.RunningPID(store)
 	if err != nil {
 		return 0
 	}
