@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"ct-supervise/state"
 )
 
 // LockFile is the file in the state directory that the running worker holds
@@ -118,4 +120,19 @@ func RunningPID(dir Dir) (int, error) {
 		return -1, nil
 	}
 	return pid, nil
+}
+
+// RunningPIDIn is RunningPID for the state directory at stateDir, opened
+// with state.OpenExisting's checks, for tools and tests: 0 when the
+// directory does not exist.
+func RunningPIDIn(stateDir string) (int, error) {
+	store, err := state.OpenExisting(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer store.Close()
+	return RunningPID(store)
 }

@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"ct-supervise/state"
 	"ct-supervise/worker"
 )
 
@@ -73,12 +72,7 @@ func (p *procs) trackStateDir(dir string) {
 
 // workerPID is the pid of the worker serving dir, 0 if none runs.
 func workerPID(dir string) int {
-	store, err := state.OpenExisting(dir)
-	if err != nil {
-		return 0
-	}
-	defer store.Close()
-	pid, err := worker.RunningPID(store)
+	pid, err := worker.RunningPIDIn(dir)
 	if err != nil || pid < 0 {
 		return 0
 	}

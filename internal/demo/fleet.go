@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"ct-supervise/state"
 	"ct-supervise/worker"
 )
 
@@ -207,12 +206,7 @@ func (n *ctNode) exited() bool {
 // workerPID is the pid of the node's ct-supervise worker: 0 if none runs,
 // -1 if one is starting.
 func (n *ctNode) workerPID() int {
-	store, err := state.OpenExisting(n.stateDir)
-	if err != nil {
-		return 0
-	}
-	defer store.Close()
-	pid, err := worker.RunningPID(store)
+	pid, err := worker.RunningPIDIn(n.stateDir)
 	if err != nil {
 		return 0
 	}
