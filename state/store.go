@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -183,12 +184,17 @@ func (s *Store) Update(fn func(*State) error) error {
 		return err
 	}
 	defer unlock()
-
-	st, err := s.read()
+	data, err := s.readBytes()
 	if err != nil {
 		return err
 	}
-	before, err := encodeState(st)
+	return s.updateLocked(data, fn)
+}
+
+// updateLocked is Update once the exclusive lock is held and the state
+// file's bytes (nil: no file yet) are read.
+func (s *Store) updateLocked(data []byte, fn func(*State) error) error {
+	st, err := s.decode(data)
 	if err != nil {
 		return err
 	}
@@ -199,25 +205,40 @@ func (s *Store) Update(fn func(*State) error) error {
 	if err != nil {
 		return err
 	}
-	// Templates re-register their actions on every render; comparing the
-	// encodings makes an unchanged state cost no write and no fsync.
-	if bytes.Equal(before, after) {
+	// Templates re-register their actions on every render; comparing with
+	// the file as read makes an unchanged state cost no write and no fsync.
+	if bytes.Equal(data, after) {
 		return nil
 	}
 	return s.write(after)
 }
 
 // Register upserts d under d.Name and marks it pending, clearing any
-// recorded error of that name. DeclaredAt is set to now only when the
-// declaration is new or changed. d is finished again (a no-op for a
-// finished declaration) so that nothing invalid reaches the state file.
+// recorded error of that name, and a reported error with no name (see
+// DeclError.Reported). DeclaredAt is set to now only when the declaration
+// is new or changed. d is finished again (a no-op for a finished
+// declaration) so that nothing invalid reaches the state file.
 // Registering an identical declaration that is already pending writes
-// nothing. Reports whether the declaration was new or changed.
+// nothing, and decodes only the part of the state file it needs: templates
+// register on every render, and that must stay cheap however many actions
+// the state holds. Reports whether the declaration was new or changed.
 func (s *Store) Register(d plugin.Declaration, now time.Time) (changed bool, err error) {
 	if err := d.Finish(); err != nil {
 		return false, err
 	}
-	err = s.Update(func(st *State) error {
+	unlock, err := s.lock(syscall.LOCK_EX)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	data, err := s.readBytes()
+	if err != nil {
+		return false, err
+	}
+	if alreadyRegistered(data, d) {
+		return false, nil
+	}
+	err = s.updateLocked(data, func(st *State) error {
 		a := st.Actions[d.Name]
 		switch {
 		case a == nil:
@@ -233,6 +254,9 @@ func (s *Store) Register(d plugin.Declaration, now time.Time) (changed bool, err
 		}
 		a.Pending = true
 		delete(st.Errors, d.Name)
+		if e, ok := st.Errors[""]; ok && e.Reported {
+			delete(st.Errors, "")
+		}
 		return nil
 	})
 	if err != nil {
@@ -241,25 +265,193 @@ func (s *Store) Register(d plugin.Declaration, now time.Time) (changed bool, err
 	return changed, nil
 }
 
+// stateSkim is the part of the state file that Register's common case and
+// QueueLen need. Declarations stay raw: only the one asked about is decoded.
+type stateSkim struct {
+	Version int                   `json:"version"`
+	Actions map[string]actionSkim `json:"actions"`
+	Errors  map[string]DeclError  `json:"errors"`
+}
+
+type actionSkim struct {
+	Declaration json.RawMessage `json:"declaration"`
+	Pending     bool            `json:"pending"`
+	Seq         uint64          `json:"seq"`
+	Done        uint64          `json:"done"`
+}
+
+// skim decodes data into a stateSkim; ok is false for anything that the
+// full decoder should look at (and report).
+func skim(data []byte) (sk stateSkim, ok bool) {
+	if data == nil || json.Unmarshal(data, &sk) != nil || sk.Version < 1 || sk.Version > StateVersion {
+		return sk, false
+	}
+	return sk, true
+}
+
+// alreadyRegistered reports whether registering d would change nothing:
+// the same declaration, already pending, with no error to clear.
+func alreadyRegistered(data []byte, d plugin.Declaration) bool {
+	sk, ok := skim(data)
+	if !ok {
+		return false
+	}
+	a, ok := sk.Actions[d.Name]
+	if !ok || !a.Pending {
+		return false
+	}
+	if _, ok := sk.Errors[d.Name]; ok {
+		return false
+	}
+	if e, ok := sk.Errors[""]; ok && e.Reported {
+		return false
+	}
+	var old plugin.Declaration
+	return json.Unmarshal(a.Declaration, &old) == nil && old.Equal(d)
+}
+
+// QueueLen returns how many actions are queued, reading only what it needs
+// of the state file.
+func (s *Store) QueueLen() (int, error) {
+	unlock, err := s.lock(syscall.LOCK_SH)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	data, err := s.readBytes()
+	if err != nil {
+		return 0, err
+	}
+	sk, ok := skim(data)
+	if !ok {
+		st, err := s.decode(data) // reports what is wrong
+		if err != nil {
+			return 0, err
+		}
+		return st.QueueLen(), nil
+	}
+	n := 0
+	for _, a := range sk.Actions {
+		if a.Seq > a.Done {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Bounds on rejected declarations, which come from data anyone with write
+// access to a KV key controls: without them, names and messages of any
+// size, under ever new names, made state.json (read on every render) grow
+// without end.
+const (
+	// MaxRejections is how many rejected declarations are kept: the most
+	// recent ones.
+	MaxRejections = 20
+
+	// maxRejectionMessage bounds a rejection's message, in bytes.
+	maxRejectionMessage = 512
+)
+
 // RecordError records a rejected declaration's message under name ("" when
 // no name could be read), leaving any good declaration of that name as it
 // is but marking it pending: the render goes on with the last good
 // declaration, so the render's exec must run it as a good one would have
-// been. At is when the message was first recorded: the same rejection
-// repeated on every render writes nothing.
+// been. The name is cut to plugin.MaxNameLength and the message to 512
+// bytes, and only the MaxRejections most recent rejections are kept. At is
+// when the message was first recorded: the same rejection repeated on
+// every render writes nothing, unless exec has reported it since.
 func (s *Store) RecordError(name, message string, now time.Time) error {
+	name = truncate(strings.ToValidUTF8(name, "\uFFFD"), plugin.MaxNameLength)
 	// JSON would replace invalid UTF-8 on the way to disk, and the entry
 	// would never compare equal to its own repeat.
-	name = strings.ToValidUTF8(name, "\uFFFD")
-	message = strings.ToValidUTF8(plugin.OneLine(message), "\uFFFD")
+	message = truncate(strings.ToValidUTF8(plugin.OneLine(message), "\uFFFD"), maxRejectionMessage)
 	return s.Update(func(st *State) error {
 		if a := st.Actions[name]; a != nil {
 			a.Pending = true
 		}
 		if old, ok := st.Errors[name]; ok && old.Message == message {
+			old.Reported = false
+			st.Errors[name] = old
 			return nil
 		}
 		st.Errors[name] = DeclError{Message: message, At: now}
+		pruneRejections(st.Errors, MaxRejections)
+		return nil
+	})
+}
+
+// ReportRejections returns the rejected declarations, by name, and marks
+// them reported: exec repeats them into consul-template's log, which shows
+// a command's output but not a plugin's warnings.
+func (st *State) ReportRejections() map[string]DeclError {
+	out := make(map[string]DeclError, len(st.Errors))
+	for name, e := range st.Errors {
+		out[name] = e
+		e.Reported = true
+		st.Errors[name] = e
+	}
+	return out
+}
+
+// pruneRejections keeps the max most recent entries of errs.
+func pruneRejections(errs map[string]DeclError, max int) {
+	for len(errs) > max {
+		oldest, first := "", true
+		for name, e := range errs {
+			o := errs[oldest]
+			if first || e.At.Before(o.At) || (e.At.Equal(o.At) && name < oldest) {
+				oldest, first = name, false
+			}
+		}
+		delete(errs, oldest)
+	}
+}
+
+// truncate cuts s to at most n bytes on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = "…"
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
+}
+
+// ErrBusy is returned by Forget for an action that is queued or running,
+// unless forced.
+var ErrBusy = errors.New("action is queued or running")
+
+// Forget removes the named actions and their rejected declarations from
+// the state: actions no template declares any more. An action that is
+// queued or running is refused with ErrBusy unless force: forgetting it
+// would drop a pending reload. A name with neither an action nor a
+// rejection is an error. A running action, forced, finishes its run; the
+// worker then finds it gone.
+func (s *Store) Forget(names []string, force bool) error {
+	return s.Update(func(st *State) error {
+		for _, name := range names {
+			a, declared := st.Actions[name]
+			_, rejected := st.Errors[name]
+			if !declared && !rejected {
+				return fmt.Errorf("%w: no action or rejected declaration %q", ErrUnknownAction, name)
+			}
+			if declared && !force && (a.Queued() || a.Running) {
+				return fmt.Errorf("%w: %q (-force forgets it all the same, dropping its pending run)", ErrBusy, name)
+			}
+			delete(st.Actions, name)
+			delete(st.Errors, name)
+		}
+		return nil
+	})
+}
+
+// ForgetRejections removes every rejected-declaration record.
+func (s *Store) ForgetRejections() error {
+	return s.Update(func(st *State) error {
+		clear(st.Errors)
 		return nil
 	})
 }
@@ -290,47 +482,65 @@ func (s *Store) lock(how int) (unlock func(), err error) {
 
 // read loads the state file; the caller holds the directory lock.
 func (s *Store) read() (*State, error) {
-	path := s.Path(stateFileName)
+	data, err := s.readBytes()
+	if err != nil {
+		return nil, err
+	}
+	return s.decode(data)
+}
+
+// readBytes returns the state file's contents, nil when there is none yet;
+// the caller holds the directory lock.
+func (s *Store) readBytes() ([]byte, error) {
 	f, err := s.OpenFile(stateFileName, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
-		return NewState(), nil
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading state file: %w", err)
 	}
+	defer f.Close()
 	data, err := io.ReadAll(f)
-	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("reading state file: %w", err)
+	}
+	return data, nil
+}
+
+// decode parses the state file's contents as readBytes returned them.
+func (s *Store) decode(data []byte) (*State, error) {
+	if data == nil {
+		return NewState(), nil
 	}
 	st, err := decodeState(data)
 	if err != nil {
 		// A damaged file is reported, never reset: resetting would forget
 		// queued runs without a trace.
-		return nil, fmt.Errorf("state file %s: %w", path, err)
+		return nil, fmt.Errorf("state file %s: %w", s.Path(stateFileName), err)
 	}
 	return st, nil
 }
 
 // decodeState parses a state file.
 func decodeState(data []byte) (*State, error) {
-	// The version is read first, so that a file from a newer release gets
-	// a message saying so rather than whatever its new layout trips over.
-	var v struct {
-		Version int `json:"version"`
-	}
-	if err := json.Unmarshal(data, &v); err != nil {
-		return nil, fmt.Errorf("damaged, not valid JSON (%v); move it aside to start afresh", err)
-	}
-	switch {
-	case v.Version > StateVersion:
-		return nil, fmt.Errorf("version %d is newer than this ct-supervise understands (%d); upgrade it", v.Version, StateVersion)
-	case v.Version < 1:
-		return nil, fmt.Errorf("damaged, no valid version (got %d); move it aside to start afresh", v.Version)
-	}
-
-	st := NewState()
-	if err := json.Unmarshal(data, st); err != nil {
+	st := &State{} // no version unless the file has one
+	err := json.Unmarshal(data, st)
+	if err != nil || st.Version < 1 || st.Version > StateVersion {
+		// The version is read on its own, so that a file from a newer
+		// release gets a message saying so rather than whatever its new
+		// layout trips over.
+		var v struct {
+			Version int `json:"version"`
+		}
+		if verr := json.Unmarshal(data, &v); verr != nil {
+			return nil, fmt.Errorf("damaged, not valid JSON (%v); move it aside to start afresh", verr)
+		}
+		switch {
+		case v.Version > StateVersion:
+			return nil, fmt.Errorf("version %d is newer than this ct-supervise understands (%d); upgrade it", v.Version, StateVersion)
+		case v.Version < 1:
+			return nil, fmt.Errorf("damaged, no valid version (got %d); move it aside to start afresh", v.Version)
+		}
 		return nil, fmt.Errorf("damaged (%v); move it aside to start afresh", err)
 	}
 	if st.Actions == nil {
