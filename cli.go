@@ -5,7 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
+	"io/fs"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -238,22 +238,39 @@ func (f *consulFlags) client() (*api.Client, error) {
 
 // stateDirFlag binds -state-dir, whose default comes from the environment.
 func stateDirFlag(fs *flag.FlagSet) *string {
-	return fs.String("state-dir", "", "state directory (default $CT_SUPERVISE_STATE_DIR, /var/lib/ct-supervise for root, else $XDG_STATE_HOME/ct-supervise)")
+	return fs.String("state-dir", "", "state directory (default $CT_SUPERVISE_STATE_DIR, then $STATE_DIRECTORY as systemd's StateDirectory= sets it, then /var/lib/ct-supervise for root, else $XDG_STATE_HOME/ct-supervise or ~/.local/state/ct-supervise)")
 }
 
-// openStore opens the state directory named by flag or default, as an
-// absolute path so that the worker finds the same one from anywhere.
-func openStore(dir string) (*state.Store, error) {
+// defaultStateDir is state.DefaultStateDir; a variable so that tests can
+// stand in for a service user whose home does not exist.
+var defaultStateDir = state.DefaultStateDir
+
+// openStore opens (creating it if needed) the state directory named by
+// -state-dir, or by default. When nobody configured one and the built-in
+// default cannot be used, the error wraps state.ErrNoDefaultStateDir:
+// register and exec, run by consul-template, report it without failing
+// the render.
+func openStore(dir string) (*state.Store, error) { return openStoreWith(dir, true) }
+
+// readStore opens the state directory like openStore but never creates
+// it (status): a missing one is an error wrapping fs.ErrNotExist.
+func readStore(dir string) (*state.Store, error) { return openStoreWith(dir, false) }
+
+func openStoreWith(dir string, create bool) (*state.Store, error) {
+	builtin := false
 	if dir == "" {
-		d, err := state.DefaultStateDir()
-		if err != nil {
+		var err error
+		if dir, builtin, err = defaultStateDir(); err != nil {
 			return nil, err
 		}
-		dir = d
 	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil, fmt.Errorf("state directory %q: %w", dir, err)
+	open := state.Open
+	if !create {
+		open = state.OpenExisting
 	}
-	return state.Open(abs)
+	s, err := open(dir)
+	if err != nil && builtin && (create || !errors.Is(err, fs.ErrNotExist)) {
+		return nil, fmt.Errorf("%w: the default %w; set StateDirectory= (systemd), CT_SUPERVISE_STATE_DIR or -state-dir", state.ErrNoDefaultStateDir, err)
+	}
+	return s, err
 }

@@ -488,6 +488,13 @@ func TestSubcommandBadInput(t *testing.T) {
 	if err := os.Chmod(open, 0o777); err != nil { // past the umask
 		t.Fatal(err)
 	}
+	if err := os.Mkdir(filepath.Join(open, "state"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	symlinked := filepath.Join(t.TempDir(), "state")
+	if err := os.Symlink(t.TempDir(), symlinked); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		args []string
@@ -495,7 +502,10 @@ func TestSubcommandBadInput(t *testing.T) {
 		want string
 	}{
 		{"worker argument", []string{"worker", "now"}, lockexec.ExitUsage, `unexpected argument "now"`},
-		{"status argument", []string{"status", "all"}, lockexec.ExitUsage, `unexpected argument "all"`},
+		{"status two names", []string{"status", "-state-dir=" + t.TempDir(), "a", "b"}, lockexec.ExitUsage, `unexpected argument "b"`},
+		{"status unknown name", []string{"status", "-state-dir=" + t.TempDir(), "nginx"}, ExitError, `no action nginx is declared in`},
+		{"status symlinked dir", []string{"status", "-state-dir=" + symlinked}, ExitError, "a symbolic link"},
+		{"status dir under an open parent", []string{"status", "-state-dir=" + filepath.Join(open, "state")}, ExitError, "writable by its group or by others"},
 		{"exec unknown flag", []string{"exec", "-quick"}, lockexec.ExitUsage, "flag provided but not defined: -quick"},
 		{"status unsafe dir", []string{"status", "-state-dir=" + open}, ExitError, "unsafe state directory"},
 		{"register unsafe dir", []string{"register", "-state-dir=" + open, "-name=x", "true"}, ExitError, "unsafe state directory"},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -49,9 +50,14 @@ func (c *CLI) execCommand(args []string) int {
 	}
 	log := newLogger(cmd, *verbose, c.stderr)
 	store, err := openStore(*stateDir)
+	if errors.Is(err, state.ErrNoDefaultStateDir) && !*wait {
+		// consul-template logs this line; failing would stop it.
+		return c.errorf(cmd, ExitOK, "%v; nothing queued", err)
+	}
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
+	defer store.Close()
 
 	var (
 		tickets []state.Ticket
@@ -124,7 +130,7 @@ func (c *CLI) startWorker(store *state.Store, verbose bool) error {
 	if verbose {
 		args = append(args, "-verbose")
 	}
-	_, err = worker.Start(store.Path(worker.LockFile), exe, args)
+	_, err = worker.Start(store, exe, args)
 	return err
 }
 

@@ -79,9 +79,16 @@ func (c *CLI) registerCommand(args []string) int {
 	}
 
 	store, err := openStore(*stateDir)
+	if errors.Is(err, state.ErrNoDefaultStateDir) {
+		// Not the render's fault: say so, let it go on; exec repeats it
+		// where consul-template's log shows it.
+		c.errorf(cmd, ExitOK, "warning: %v; the declaration is not registered", err)
+		return ok()
+	}
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
+	defer store.Close()
 	d, name, err := c.declaration(cmd, store, req)
 	if err != nil {
 		return c.rejectData(cmd, store, name, err, *strict, ok)

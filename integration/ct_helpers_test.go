@@ -257,7 +257,7 @@ func (f *fleet) idle() bool {
 // the worker lock, as ct-supervise itself does, rather than signalling the
 // pid: an exited worker is a zombie until init reaps it.
 func (p *ctNode) busy() bool {
-	pid, err := worker.RunningPID(filepath.Join(p.stateDir, worker.LockFile))
+	pid, err := worker.RunningPIDIn(p.stateDir)
 	return err != nil || pid != 0
 }
 

@@ -15,8 +15,8 @@ import (
 //
 // Two exec calls may both find no worker and start one each; the second
 // finds the lock taken and exits at once.
-func Start(lockPath, exe string, args []string) (started bool, err error) {
-	pid, err := RunningPID(lockPath)
+func Start(dir Dir, exe string, args []string) (started bool, err error) {
+	pid, err := RunningPID(dir)
 	if err != nil {
 		return false, err
 	}

@@ -72,7 +72,7 @@ func Run(ctx context.Context, opts Options) error {
 		poll = DefaultPollInterval
 	}
 
-	lock, err := acquireInstanceLock(ctx, opts.Store.Path(LockFile), opts.WaitForLock)
+	lock, err := acquireInstanceLock(ctx, opts.Store, opts.WaitForLock)
 	if errors.Is(err, context.Canceled) {
 		return nil // stopped while waiting for the other worker
 	}
