@@ -17,7 +17,7 @@ import (
 func (r *Runner) Reclaim(ctx context.Context, prefix string, limit int, session string) error {
 	wo := (&api.WriteOptions{}).WithContext(ctx)
 	if limit <= 1 {
-		p := &api.KVPair{Key: prefix + "/" + LockKeySuffix, Session: session}
+		p := &api.KVPair{Key: prefix + "/" + LockKeySuffix, Session: session, Flags: api.LockFlagValue}
 		if _, _, err := r.client.KV().Release(p, wo); err != nil {
 			return fmt.Errorf("releasing %s: %w", p.Key, err)
 		}
