@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -58,6 +59,11 @@ func (c *CLI) execCommand(args []string) int {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
 	defer store.Close()
+	// consul-template gives its commands its Consul settings, and its
+	// plugins not: record them for the workers, register's included.
+	if _, err := worker.RecordConsulSettings(store, os.Environ()); err != nil {
+		c.errorf(cmd, ExitOK, "warning: %v; the worker uses the last recorded settings", err)
+	}
 
 	var (
 		tickets []state.Ticket
@@ -100,7 +106,7 @@ func (c *CLI) execCommand(args []string) int {
 			c.errorf(cmd, ExitOK, "warning: %v; the actions stay queued", err)
 			return ExitOK
 		}
-		return c.errorf(cmd, ExitError, "%v", err)
+		return c.workerError(cmd, store, err)
 	}
 	if !*wait {
 		return ExitOK
@@ -130,8 +136,7 @@ func (c *CLI) startWorker(store *state.Store, verbose bool) error {
 	if verbose {
 		args = append(args, "-verbose")
 	}
-	_, err = worker.Start(store, exe, args)
-	return err
+	return worker.Start(store, exe, args)
 }
 
 // waitFor blocks until every ticket is covered by a finished run. It starts
@@ -160,11 +165,24 @@ func (c *CLI) waitFor(cmd string, store *state.Store, tickets []state.Ticket, li
 		}
 		if st.QueueLen() > 0 {
 			if err := c.startWorker(store, verbose); err != nil {
-				return c.errorf(cmd, ExitError, "%v", err)
+				return c.workerError(cmd, store, err)
 			}
 		}
 		time.Sleep(execPollInterval)
 	}
+}
+
+// workerError reports a worker that could not be started, or that failed
+// at start, with the status that worker exited with (78 for bad Consul
+// settings), rather than start one after another.
+func (c *CLI) workerError(cmd string, store *state.Store, err error) int {
+	code := ExitError
+	if errors.Is(err, worker.ErrWorkerFailing) {
+		if st, lerr := store.Load(); lerr == nil && st.WorkerFailure != nil && st.WorkerFailure.ExitCode != 0 {
+			code = st.WorkerFailure.ExitCode
+		}
+	}
+	return c.errorf(cmd, code, "%v; the actions stay queued", err)
 }
 
 // report prints failed actions and returns the status of the first failure.

@@ -84,10 +84,17 @@ func acquireInstanceLock(ctx context.Context, dir Dir, wait bool) (*instanceLock
 	return &instanceLock{f: f}, nil
 }
 
+// beforeRelease, if set (by tests), is called just before the instance lock
+// is dropped.
+var beforeRelease func()
+
 // release drops the lock. Safe to call twice.
 func (l *instanceLock) release() {
 	if l.f == nil {
 		return
+	}
+	if beforeRelease != nil {
+		beforeRelease()
 	}
 	_ = syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
 	_ = l.f.Close()
