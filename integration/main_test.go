@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"ct-supervise/internal/devconsul"
 	"ct-supervise/worker"
 )
@@ -61,6 +63,19 @@ func needConsul(t *testing.T) {
 	if agent == nil {
 		devconsul.MissingOrFatal(t, devconsul.ErrNoBinary)
 	}
+}
+
+// consulClient returns a client for the package's agent, skipping (outside
+// CI only) as needConsul does when there is none: a test may talk to Consul
+// before it starts any node.
+func consulClient(t *testing.T) *api.Client {
+	t.Helper()
+	needConsul(t)
+	client, err := agent.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
 }
 
 // node is one simulated machine: its own state directory, sharing the
