@@ -78,25 +78,33 @@ func consulClient(t *testing.T) *api.Client {
 	return client
 }
 
-// node is one simulated machine: its own state directory, sharing the
-// package's Consul agent.
+// node is one simulated machine: its own state directory, talking to the
+// package's Consul agent or, in the fault tests, to its own agent of a
+// cluster.
 type node struct {
 	t        *testing.T
 	name     string
 	stateDir string
+	addr     string // the Consul agent's HTTP address
 	env      []string
 }
 
 func newNode(t *testing.T, name string) *node {
 	t.Helper()
 	needConsul(t)
+	return newNodeOn(t, name, agent.Addr())
+}
+
+// newNodeOn is newNode for a node whose Consul agent is at addr.
+func newNodeOn(t *testing.T, name, addr string) *node {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), name)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	n := &node{t: t, name: name, stateDir: dir}
+	n := &node{t: t, name: name, stateDir: dir, addr: addr}
 	n.env = append(os.Environ(),
-		"CONSUL_HTTP_ADDR="+agent.Addr(),
+		"CONSUL_HTTP_ADDR="+addr,
 		"CT_SUPERVISE_STATE_DIR="+dir,
 		"CT_SUPERVISE_NODE="+name,
 		// The race-enabled binary otherwise sleeps a second at every exit.
