@@ -19,10 +19,7 @@ import (
 // putKV writes a key to the package's Consul agent.
 func putKV(t *testing.T, key, value string) {
 	t.Helper()
-	client, err := agent.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := consulClient(t)
 	if _, err := client.KV().Put(&api.KVPair{Key: key, Value: []byte(value)}, nil); err != nil {
 		t.Fatalf("putting %s: %v", key, err)
 	}
