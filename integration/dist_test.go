@@ -187,7 +187,7 @@ func TestVersionFromGit(t *testing.T) {
 	gitEnv := []string{"GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1",
 		"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com",
 		"GIT_AUTHOR_DATE=@1700000000 +0000", "GIT_COMMITTER_DATE=@1700000000 +0000",
-		"VERSION=", "COMMIT=", "SOURCE_DATE_EPOCH="}
+		"CT_SUPERVISE_VERSION=", "CT_SUPERVISE_COMMIT=", "SOURCE_DATE_EPOCH="}
 	git := func(line string) string { return script(t, dir, gitEnv, line) }
 	hex := func(n int) string { return "[0-9a-f]{" + strconv.Itoa(n) + "}" }
 
@@ -214,7 +214,7 @@ func TestVersionFromGit(t *testing.T) {
 		{what: "dirty dev build", setup: "git tag -d v1.2.3 >/dev/null && echo '# again' >> scripts/version.sh",
 			version: `0\.0\.0-dev\+` + hex(12) + `\.dirty`, commit: hex(40) + "-dirty"},
 		{what: "a source archive's environment wins", version: `2\.0\.0`, commit: "abc",
-			fromEnv: []string{"VERSION=v2.0.0", "COMMIT=abc", "SOURCE_DATE_EPOCH=42"}, wantEpch: "42"},
+			fromEnv: []string{"CT_SUPERVISE_VERSION=v2.0.0", "CT_SUPERVISE_COMMIT=abc", "SOURCE_DATE_EPOCH=42"}, wantEpch: "42"},
 	} {
 		if step.setup != "" {
 			git(step.setup)
@@ -232,5 +232,12 @@ func TestVersionFromGit(t *testing.T) {
 		if !strings.HasSuffix(got, "\n"+epoch) {
 			t.Errorf("%s: epoch is not %s:\n%s", step.what, epoch, got)
 		}
+	}
+
+	// A source archive unpacked inside some other repository is not that
+	// repository's commit.
+	git("mkdir -p unpacked/scripts && cp scripts/version.sh unpacked/scripts/")
+	if got := git("unpacked/scripts/version.sh ldflags 2>/dev/null"); got != "-X main.Version=0.0.0-dev -X main.Commit=unknown" {
+		t.Errorf("inside another repository: ldflags %q", got)
 	}
 }

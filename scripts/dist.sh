@@ -6,7 +6,8 @@
 #
 #   DIST_PLATFORMS   "os/arch ..." (default: linux and darwin, amd64 and arm64)
 #   DIST_DIR         output directory (default: dist)
-#   VERSION, COMMIT, SOURCE_DATE_EPOCH   see scripts/version.sh
+#   CT_SUPERVISE_VERSION, CT_SUPERVISE_COMMIT, SOURCE_DATE_EPOCH
+#                    for a build outside git: see scripts/version.sh
 #
 # Reproducible: the same commit built with the same Go release gives the
 # same bytes, wherever the checkout is and whenever it is built.

@@ -10,13 +10,15 @@
 # no tag it is 0.0.0-dev+COMMIT (a shallow clone has no tags either). A tree
 # with uncommitted changes to tracked files gets "+dirty" (".dirty" when the
 # version already has build metadata), so such a build never passes for a
-# release. Outside a git checkout (a source archive) set VERSION, COMMIT and
-# SOURCE_DATE_EPOCH; without them the build is 0.0.0-dev of commit
-# "unknown", with a warning.
+# release. Outside a git checkout (a source archive) set CT_SUPERVISE_VERSION,
+# CT_SUPERVISE_COMMIT and SOURCE_DATE_EPOCH; without them the build is
+# 0.0.0-dev of commit "unknown", with a warning.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-in_git() { git rev-parse --is-inside-work-tree >/dev/null 2>&1; }
+# in_git: this directory is the top of a git checkout, not a source archive
+# unpacked somewhere inside another repository.
+in_git() { [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$(pwd -P)" ]; }
 
 dirty() {
   # Untracked files are ignored: they are not part of the build unless
@@ -25,9 +27,9 @@ dirty() {
 }
 
 commit() {
-  if [ -n "${COMMIT:-}" ]; then echo "$COMMIT"; return; fi
+  if [ -n "${CT_SUPERVISE_COMMIT:-}" ]; then echo "$CT_SUPERVISE_COMMIT"; return; fi
   if ! in_git; then
-    echo "version.sh: not a git checkout and COMMIT is not set: commit unknown" >&2
+    echo "version.sh: not a git checkout and CT_SUPERVISE_COMMIT is not set: commit unknown" >&2
     echo unknown
     return
   fi
@@ -38,9 +40,9 @@ commit() {
 }
 
 version() {
-  if [ -n "${VERSION:-}" ]; then echo "${VERSION#v}"; return; fi
+  if [ -n "${CT_SUPERVISE_VERSION:-}" ]; then echo "${CT_SUPERVISE_VERSION#v}"; return; fi
   if ! in_git; then
-    echo "version.sh: not a git checkout and VERSION is not set: version 0.0.0-dev" >&2
+    echo "version.sh: not a git checkout and CT_SUPERVISE_VERSION is not set: version 0.0.0-dev" >&2
     echo 0.0.0-dev
     return
   fi
