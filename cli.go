@@ -15,11 +15,8 @@ import (
 	"ct-supervise/state"
 )
 
-// Name and Version identify this build.
-const (
-	Name    = "ct-supervise"
-	Version = "0.1.0"
-)
+// Name is the program's name; version.go has its Version and Commit.
+const Name = "ct-supervise"
 
 // Exit statuses beyond those of lockexec, which `run` shares.
 const (
@@ -76,7 +73,7 @@ func (c *CLI) Run(args []string) int {
 	case "status":
 		return c.statusCommand(args[1:])
 	case "version", "-version", "--version":
-		fmt.Fprintf(c.stdout, "%s v%s\n", Name, Version)
+		fmt.Fprintln(c.stdout, versionString())
 		return ExitOK
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(c.stdout, usageText)
