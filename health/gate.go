@@ -118,7 +118,7 @@ func Wait(ctx context.Context, client *api.Client, opts Options) error {
 
 	snaps := make(chan snapshot, len(opts.Services))
 	for _, svc := range opts.Services {
-		go watch(ctx, client, svc, opts.Node, snaps)
+		go watch(ctx, client, svc, fmt.Sprintf("Node.Node == %q", opts.Node), snaps)
 	}
 	latest := make(map[string]snapshot, len(opts.Services))
 	var wake *time.Timer
@@ -166,11 +166,11 @@ type snapshot struct {
 	err       error
 }
 
-// watch reads the service's instances on node with blocking queries and
-// sends each new answer, until ctx ends. Errors are sent too, and retried.
-func watch(ctx context.Context, client *api.Client, service, node string, out chan<- snapshot) {
+// watch reads the service's instances that match filter (empty: all of
+// the datacenter's) with blocking queries and sends each new answer, until
+// ctx ends. Errors are sent too, and retried.
+func watch(ctx context.Context, client *api.Client, service, filter string, out chan<- snapshot) {
 	endpoint := "/v1/health/service/" + url.PathEscape(service)
-	filter := fmt.Sprintf("Node.Node == %q", node)
 	var index uint64
 	for ctx.Err() == nil {
 		var got []instance
@@ -180,7 +180,11 @@ func watch(ctx context.Context, client *api.Client, service, node string, out ch
 			return
 		}
 		if err != nil {
-			out <- snapshot{service: service, err: err}
+			select {
+			case out <- snapshot{service: service, err: err}:
+			case <-ctx.Done():
+				return
+			}
 			index = 0
 			select {
 			case <-ctx.Done():
