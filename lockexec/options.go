@@ -174,3 +174,8 @@ func shellQuote(s string) string {
 func (o *Options) lockKey() string {
 	return o.Prefix + "/" + LockKeySuffix
 }
+
+// Argv is the command line Options.Command and Options.Shell run as: the
+// same rules for every command ct-supervise starts (a pre-flight check
+// included).
+func (o Options) Argv() []string { return o.argv() }
