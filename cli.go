@@ -36,6 +36,9 @@ Subcommands:
   exec      Queue declared actions for the background worker (template command).
   worker    Drain the queue (started by exec; runnable in the foreground).
   status    Show declared actions, the queue, the worker and lock holders.
+  pause     Stop new starts of an action on every node (-all: of every action).
+  resume    Lift a pause, and the halt a failing node set.
+  rollout   Show where an action's rollout stands on every node.
   version   Print the version.
 
 Run 'ct-supervise <subcommand> -h' for the flags of a subcommand.
@@ -72,6 +75,12 @@ func (c *CLI) Run(args []string) int {
 		return c.workerCommand(args[1:])
 	case "status":
 		return c.statusCommand(args[1:])
+	case "pause":
+		return c.pauseCommand(args[1:])
+	case "resume":
+		return c.resumeCommand(args[1:])
+	case "rollout":
+		return c.rolloutCommand(args[1:])
 	case "version", "-version", "--version":
 		fmt.Fprintln(c.stdout, versionString())
 		return ExitOK
@@ -90,7 +99,7 @@ func (c *CLI) Run(args []string) int {
 }
 
 // subcommands are the words Run dispatches on, for typo detection.
-var subcommands = []string{"run", "register", "exec", "worker", "status", "version", "help"}
+var subcommands = []string{"run", "register", "exec", "worker", "status", "pause", "resume", "rollout", "version", "help"}
 
 // maxTypoDistance is how far a bare first word may be from a subcommand
 // and still be taken for a typo of it: `stauts`, `exce` and `stat` are, and

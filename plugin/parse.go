@@ -220,11 +220,8 @@ func (d *Declaration) Finish() error {
 	if d.Name == "" {
 		d.Name = GenerateName(d.Command)
 	}
-	if len(d.Name) > MaxNameLength {
-		return invalidf("-name %q is %d characters long, at most %d are allowed", d.Name, len(d.Name), MaxNameLength)
-	}
-	if !nameRE.MatchString(d.Name) {
-		return invalidf("-name %q must start with a letter or digit and contain only letters, digits, '.', '_' and '-'", d.Name)
+	if err := CheckName(d.Name); err != nil {
+		return err
 	}
 
 	if d.Prefix == "" {
@@ -262,6 +259,19 @@ func (d *Declaration) finishCommand() error {
 		if strings.IndexByte(c, 0) >= 0 {
 			return invalidf("command %q contains a NUL byte", c)
 		}
+	}
+	return nil
+}
+
+// CheckName reports whether name can name an action: in the state file,
+// as `exec NAME` and inside the default lock prefix. The error wraps
+// ErrInvalidDeclaration.
+func CheckName(name string) error {
+	if len(name) > MaxNameLength {
+		return invalidf("-name %q is %d characters long, at most %d are allowed", name, len(name), MaxNameLength)
+	}
+	if !nameRE.MatchString(name) {
+		return invalidf("-name %q must start with a letter or digit and contain only letters, digits, '.', '_' and '-'", name)
 	}
 	return nil
 }
