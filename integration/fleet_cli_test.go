@@ -53,7 +53,7 @@ func TestPauseResumeRollout(t *testing.T) {
 	var view struct {
 		Halt    *fleetkv.Halt  `json:"halt"`
 		Pause   *fleetkv.Pause `json:"pause"`
-		Summary string       `json:"summary"`
+		Summary string         `json:"summary"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &view); err != nil || view.Halt == nil || view.Pause == nil || view.Summary == "" {
 		t.Fatalf("rollout -json = %s (%v)", r.stdout, err)
