@@ -118,8 +118,13 @@ func (a *Args) Parse(args []string) error {
 				name, name, name)
 		}
 	}
-	if err != nil {
+	if errors.Is(err, flag.ErrHelp) {
 		return err
+	}
+	if err != nil {
+		// The flag package quotes the argument as given, line breaks
+		// and all.
+		return errors.New(OneLine(err.Error()))
 	}
 	return CheckFlagUse(a.fs, args)
 }
