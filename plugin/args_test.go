@@ -138,6 +138,9 @@ func TestParseData(t *testing.T) {
 			if len(d.Command) != 0 {
 				t.Fatalf("ParseData(%s) returned a command with its error: %q", tc.in, d.Command)
 			}
+			if want := strings.Contains(tc.mention, "allow-data-commands") && !strings.Contains(tc.mention, "missing"); errors.Is(err, ErrDataCommand) != want {
+				t.Fatalf("ParseData(%s): errors.Is(%v, ErrDataCommand) is %t, want %t", tc.in, err, !want, want)
+			}
 			checkOneLine(t, err)
 		})
 	}
