@@ -76,6 +76,15 @@ func startConsulTemplate(t *testing.T, name string, tmpls []ctTemplate, once boo
 	t.Helper()
 	needConsulTemplate(t)
 	n := newNode(t, name) // registers the worker's stop first, so it runs last
+	return startConsulTemplateOn(t, n, tmpls, once)
+}
+
+// startConsulTemplateOn is startConsulTemplate on an existing node, so that
+// a test can restart consul-template on the same state directory.
+func startConsulTemplateOn(t *testing.T, n *node, tmpls []ctTemplate, once bool) *ctNode {
+	t.Helper()
+	needConsulTemplate(t)
+	name := n.name
 	p := &ctNode{node: n, dir: t.TempDir(), done: make(chan struct{})}
 	p.logPath = filepath.Join(p.dir, "consul-template.log")
 
