@@ -140,6 +140,7 @@ func TestRegister(t *testing.T) {
 		{"-json with nothing after it", []string{"-json"}, "write -json and its value as one argument"},
 		{"flags without a command", []string{"-strict", "-n=2", "-name=nginx"}, "missing command after -n -name"},
 		{"-policy without a command", []string{"-name=nginx", `-policy={"n":2}`}, "missing command: -policy"},
+		{"data after flags", []string{"-name=nginx", `{"n":2}`}, `the command "{\"n\":2}" is a JSON object: pass data as one -policy=VALUE`},
 		{"boolean flag trap", []string{"-shell", "false", "echo x"}, "write -shell=false"},
 		{"strict unknown key", []string{"-strict", "-allow-data-commands", `{"name":"x","command":"true","tyr":"1m"}`}, `"tyr"`},
 		{"strict malformed", []string{"-strict", `{"name":"x",`}, "JSON"},

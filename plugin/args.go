@@ -196,6 +196,11 @@ func (a *Args) Resolve() (Request, error) {
 		return req, nil
 	}
 
+	if len(rest) == 1 && isJSONObject(rest[0]) {
+		// No shell runs a JSON object; a template that passes data after
+		// its flags, (key "...") where -policy= was meant, would.
+		return req, fmt.Errorf("the command %q is a JSON object: pass data as one -policy=VALUE (or -json=VALUE) argument, e.g. (printf \"-policy=%%s\" (key \"...\"))", rest[0])
+	}
 	d := a.Template
 	d.Command = slices.Clone(rest)
 	if err := d.Finish(); err != nil {
@@ -221,6 +226,12 @@ func looksLikeBareData(arg string) bool {
 	a := strings.TrimSpace(arg)
 	return strings.HasPrefix(a, "{") || strings.HasPrefix(a, "[") || strings.HasPrefix(a, `"`) ||
 		a == "null" || strings.Contains(a, "\n")
+}
+
+// isJSONObject reports whether s is one valid JSON object.
+func isJSONObject(s string) bool {
+	s = strings.TrimSpace(s)
+	return strings.HasPrefix(s, "{") && json.Valid([]byte(s))
 }
 
 // quoteAll quotes each argument for an error message.

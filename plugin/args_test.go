@@ -89,6 +89,8 @@ func TestResolveBad(t *testing.T) {
 		{"bad duration", []string{"-try=5", "x"}, "such as 500ms, 10m"},
 		{"try and timeout", []string{"-try=5s", "-timeout=5s", "x"}, "alias"},
 		{"bad declaration", []string{"-n=0", "x"}, "-n must be at least 1"},
+		{"data after flags", []string{"-name=x", `{"n": 2}`}, "is a JSON object: pass data as one -policy=VALUE"},
+		{"empty object after a policy", []string{"-name=x", "-policy=", "{}"}, "is a JSON object"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
