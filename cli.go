@@ -41,7 +41,9 @@ Subcommands:
   rollout   Show where an action's rollout stands on every node.
   version   Print the version.
 
-Run 'ct-supervise <subcommand> -h' for the flags of a subcommand.
+Run 'ct-supervise <subcommand> -h' for the flags of a subcommand. A first
+word within two typos of a subcommand (stauts) is refused, not run: write
+'ct-supervise run WORD' for a command of that name.
 `
 
 // CLI is the command-line interface. Its streams are injected so that tests
