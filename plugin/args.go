@@ -27,9 +27,8 @@ const (
 var ErrDataCommand = errors.New("a command from data needs -allow-data-commands")
 
 // codeKeys are the JSON keys whose values are run: data may set them only
-// with -allow-data-commands. A key for a second command (a check before
-// the lock, say) belongs here too.
-var codeKeys = []string{"command"}
+// with -allow-data-commands.
+var codeKeys = []string{"command", "check"}
 
 // dataCommandError is the error for data that sets a code key: it wraps
 // both ErrInvalidDeclaration and ErrDataCommand.

@@ -6,8 +6,10 @@ package plugin
 
 import (
 	"errors"
+	"slices"
 	"time"
 
+	"ct-supervise/action"
 	"ct-supervise/lockexec"
 )
 
@@ -24,6 +26,11 @@ const (
 	// MaxNameLength bounds a declaration name (it becomes a file-safe key
 	// and part of the lock prefix).
 	MaxNameLength = 64
+
+	// MaxVersionLength bounds -version: it is shown on one line of the
+	// rollout view, and a whole rendered file passed by mistake should be
+	// refused, not published.
+	MaxVersionLength = 128
 )
 
 // ErrInvalidDeclaration wraps every validation or parse failure of a
@@ -68,12 +75,82 @@ type Declaration struct {
 	// marking it failed. DefaultDeclaration sets DefaultMaxAttempts.
 	MaxAttempts int `mapstructure:"max_attempts" json:"max_attempts"`
 
+	// WaitHealthy are services whose instances on this node must pass
+	// their Consul checks, with fresh results, before the lock is released
+	// (-wait-healthy, repeatable). Nil releases as soon as the command
+	// exits 0.
+	WaitHealthy []string `mapstructure:"wait_healthy" json:"wait_healthy,omitempty"`
+
+	// HealthTimeout bounds the health gate. Zero means
+	// health.DefaultTimeout.
+	HealthTimeout time.Duration `mapstructure:"health_timeout" json:"health_timeout,omitempty"`
+
+	// HealthSettle overrides how long each check must have stayed passing
+	// after the command ended. Zero uses each check's own interval.
+	HealthSettle time.Duration `mapstructure:"health_settle" json:"health_settle,omitempty"`
+
+	// Maint is a service put into Consul maintenance mode on this node
+	// around the command. Empty puts none.
+	Maint string `mapstructure:"maint" json:"maint,omitempty"`
+
+	// Drain is waited after maintenance on, before the command. Zero
+	// waits none; it needs Maint.
+	Drain time.Duration `mapstructure:"drain" json:"drain,omitempty"`
+
+	// Check is a command line run through /bin/sh -c before contending
+	// for the lock (e.g. "nginx -t"); a non-zero exit fails the action
+	// with no session made. Empty runs none. It is code: data may set it
+	// only with -allow-data-commands.
+	Check string `mapstructure:"check" json:"check,omitempty"`
+
+	// Hold keeps the lock this long after success. Zero releases at once.
+	Hold time.Duration `mapstructure:"hold" json:"hold,omitempty"`
+
+	// Splay is the upper bound of a random delay before contending. Zero
+	// contends at once.
+	Splay time.Duration `mapstructure:"splay" json:"splay,omitempty"`
+
+	// OnFailure is what a failure here does to the fleet: "halt" (the
+	// default; empty means it too) stops other nodes from starting,
+	// "continue" lets the rollout go on.
+	OnFailure string `mapstructure:"on_failure" json:"on_failure,omitempty"`
+
+	// UnlessCritical are services none of whose instances on other nodes
+	// may have a critical check when this node starts (repeatable). Nil
+	// checks none.
+	UnlessCritical []string `mapstructure:"unless_critical" json:"unless_critical,omitempty"`
+
+	// Version says which config the node applied, shown in the rollout
+	// view (e.g. a KV release key or a checksum). Empty shows none.
+	Version string `mapstructure:"version" json:"version,omitempty"`
+
 	// Policy is the -policy data merged onto the template's own
 	// declaration, compacted; empty when none was. It is kept so that a
 	// render pass whose data is missing (consul-template has not fetched
 	// the key yet) re-applies the last good policy instead of falling back
 	// to the template's values for a moment. Data cannot set it.
 	Policy string `mapstructure:"-" json:"policy,omitempty"`
+}
+
+// ActionOptions maps the declaration onto the action pipeline's options.
+// The caller adds the node, the fleet, I/O, signals, hooks and logging.
+func (d Declaration) ActionOptions() action.Options {
+	o := action.Options{
+		Lock:           d.LockOptions(),
+		Splay:          d.Splay,
+		WaitHealthy:    slices.Clone(d.WaitHealthy),
+		HealthTimeout:  d.HealthTimeout,
+		HealthSettle:   d.HealthSettle,
+		Maint:          d.Maint,
+		Drain:          d.Drain,
+		Hold:           d.Hold,
+		OnFailure:      d.OnFailure,
+		UnlessCritical: slices.Clone(d.UnlessCritical),
+	}
+	if d.Check != "" {
+		o.Check, o.CheckShell = []string{d.Check}, true
+	}
+	return o
 }
 
 // LockOptions maps the declaration onto the lock runner's options. The

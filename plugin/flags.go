@@ -78,3 +78,18 @@ func isBoolFlag(fs *flag.FlagSet, name string) bool {
 	b, ok := f.Value.(interface{ IsBoolFlag() bool })
 	return ok && b.IsBoolFlag()
 }
+
+// listFlag is a repeatable flag: each use adds one value.
+type listFlag []string
+
+func (f *listFlag) Set(s string) error {
+	*f = append(*f, strings.TrimSpace(s))
+	return nil
+}
+
+func (f *listFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return strings.Join(*f, ",")
+}

@@ -20,6 +20,8 @@ import (
 
 	"github.com/mitchellh/mapstructure"
 
+	"ct-supervise/action"
+	"ct-supervise/health"
 	"ct-supervise/lockexec"
 )
 
@@ -67,6 +69,34 @@ func (d *Declaration) BindFlags(fs *flag.FlagSet) {
 		"run the command through /bin/sh -c (write -shell=false: a boolean flag takes its value after \"=\")")
 	fs.Var(durationFlag{&d.CommandTimeout}, "command-timeout",
 		"terminate the command if it runs longer than this `duration`, e.g. 5m (0: no limit)")
+	d.bindRolloutFlags(fs)
+}
+
+// bindRolloutFlags registers the flags of a safe rolling restart: the
+// check, splay, fleet policy, maintenance, the health gate and the hold.
+func (d *Declaration) bindRolloutFlags(fs *flag.FlagSet) {
+	fs.Var((*listFlag)(&d.WaitHealthy), "wait-healthy",
+		"keep the lock after the command until this node's instances of `SERVICE` pass their Consul checks with fresh results (repeatable)")
+	fs.Var(durationFlag{&d.HealthTimeout}, "health-timeout",
+		"give up waiting for -wait-healthy after this `duration` (0: the default, "+health.DefaultTimeout.String()+")")
+	fs.Var(durationFlag{&d.HealthSettle}, "health-settle",
+		"a check counts only once it has passed this `duration` after the command ended (0: each check's own interval)")
+	fs.StringVar(&d.Maint, "maint", d.Maint,
+		"put this node's `SERVICE` into Consul maintenance mode around the command; it stays in maintenance if the action fails")
+	fs.Var(durationFlag{&d.Drain}, "drain",
+		"wait this `duration` after -maint before the command, so that consumers drop this node")
+	fs.StringVar(&d.Check, "check", d.Check,
+		"run this `COMMAND` (through /bin/sh -c) before contending for the lock, e.g. 'nginx -t'; a failure stops the action with no lock taken")
+	fs.Var(durationFlag{&d.Hold}, "hold",
+		"keep the lock this `duration` after success (warm-up, connection draining)")
+	fs.Var(durationFlag{&d.Splay}, "splay",
+		"wait a random delay of up to this `duration` before contending, so that a fleet does not hit Consul at once")
+	fs.StringVar(&d.OnFailure, "on-failure", d.OnFailure,
+		"what a failure here does to the rollout: halt (other nodes wait until it succeeds or 'ct-supervise resume') or continue (default halt)")
+	fs.Var((*listFlag)(&d.UnlessCritical), "unless-critical",
+		"do not start while an instance of `SERVICE` on another node has a critical check (repeatable)")
+	fs.StringVar(&d.Version, "version", d.Version,
+		"which config this node applies, shown by 'ct-supervise rollout', e.g. (key \"app/release\")")
 }
 
 // BindQueueFlags registers the flags that only matter to a queued action,
@@ -216,6 +246,9 @@ func (d *Declaration) Finish() error {
 	case d.MaxAttempts < 1:
 		return invalidf("-max-attempts must be at least 1, got %d", d.MaxAttempts)
 	}
+	if err := d.checkRollout(); err != nil {
+		return err
+	}
 
 	if d.Name == "" {
 		d.Name = GenerateName(d.Command)
@@ -231,6 +264,66 @@ func (d *Declaration) Finish() error {
 		return err
 	}
 	return nil
+}
+
+// checkRollout is Finish's part for the rolling-restart options.
+func (d *Declaration) checkRollout() error {
+	for _, f := range []struct {
+		flag string
+		v    time.Duration
+	}{{"health-timeout", d.HealthTimeout}, {"health-settle", d.HealthSettle}, {"drain", d.Drain}, {"hold", d.Hold}, {"splay", d.Splay}} {
+		if f.v < 0 {
+			return invalidf("-%s must not be negative, got %s", f.flag, f.v)
+		}
+	}
+	switch d.OnFailure {
+	case "", action.OnFailureHalt, action.OnFailureContinue:
+	default:
+		return invalidf("-on-failure must be %q or %q, got %q", action.OnFailureHalt, action.OnFailureContinue, d.OnFailure)
+	}
+	for _, l := range []struct {
+		flag     string
+		services []string
+	}{{"wait-healthy", d.WaitHealthy}, {"unless-critical", d.UnlessCritical}, {"maint", nonEmpty(d.Maint)}} {
+		for _, s := range l.services {
+			if err := checkServiceName(l.flag, s); err != nil {
+				return err
+			}
+		}
+	}
+	switch {
+	case d.Drain > 0 && d.Maint == "":
+		return invalidf("-drain %s needs -maint SERVICE: draining waits for consumers to drop a service in maintenance", d.Drain)
+	case d.HealthSettle > 0 && len(d.WaitHealthy) == 0:
+		return invalidf("-health-settle needs -wait-healthy SERVICE")
+	}
+	d.Check = strings.TrimSpace(d.Check)
+	if !utf8.ValidString(d.Check) || strings.IndexByte(d.Check, 0) >= 0 {
+		return invalidf("-check %q must be valid UTF-8 without NUL bytes", d.Check)
+	}
+	switch {
+	case len(d.Version) > MaxVersionLength:
+		return invalidf("-version is %d characters long, at most %d are allowed", len(d.Version), MaxVersionLength)
+	case strings.IndexFunc(d.Version, unicode.IsControl) >= 0 || !utf8.ValidString(d.Version):
+		return invalidf("-version %q must be one line of text", d.Version)
+	}
+	return nil
+}
+
+// checkServiceName rejects what cannot be a Consul service name: it would
+// never match, and the gate or the blocker would wait in vain.
+func checkServiceName(flag, s string) error {
+	if s == "" || strings.IndexFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) || r == '/' }) >= 0 {
+		return invalidf("-%s %q is not a service name (no blanks, white space or '/')", flag, s)
+	}
+	return nil
+}
+
+func nonEmpty(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return []string{s}
 }
 
 // finishCommand is Finish's part for the command (see Finish).
@@ -350,6 +443,17 @@ func (d Declaration) Equal(o Declaration) bool {
 		d.Shell == o.Shell &&
 		d.CommandTimeout == o.CommandTimeout &&
 		d.MaxAttempts == o.MaxAttempts &&
+		slices.Equal(d.WaitHealthy, o.WaitHealthy) &&
+		d.HealthTimeout == o.HealthTimeout &&
+		d.HealthSettle == o.HealthSettle &&
+		d.Maint == o.Maint &&
+		d.Drain == o.Drain &&
+		d.Check == o.Check &&
+		d.Hold == o.Hold &&
+		d.Splay == o.Splay &&
+		d.OnFailure == o.OnFailure &&
+		slices.Equal(d.UnlessCritical, o.UnlessCritical) &&
+		d.Version == o.Version &&
 		d.Policy == o.Policy
 }
 
