@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -180,9 +181,18 @@ func (p *Pipeline) Run(ctx context.Context, opts Options) (res Result, err error
 	if err := r.splay(ctx); err != nil {
 		return res, err
 	}
+	var deadline time.Time
+	if opts.Lock.Try > 0 {
+		// -try bounds the whole wait to start: a halt or a pause that
+		// outlasts it fails the action as a lock wait would.
+		deadline = time.Now().Add(opts.Lock.Try)
+	}
 	for {
-		if err := r.waitForFleet(ctx); err != nil {
+		if err := r.waitForFleetUntil(ctx, deadline); err != nil {
 			return res, err
+		}
+		if !deadline.IsZero() {
+			r.opts.Lock.Try = max(time.Until(deadline), time.Millisecond)
 		}
 		lease, err := r.acquire(ctx, &res)
 		if err != nil {
@@ -234,9 +244,34 @@ type runner struct {
 	p    *Pipeline
 	opts Options
 	log  hclog.Logger
+
+	// lastWait is what the last wait phase waited on, for the error of a
+	// wait that -try cut short.
+	lastWait string
+}
+
+// errTryExpired is the cause of a fleet wait cut short by -try.
+var errTryExpired = errors.New("-try expired")
+
+// waitForFleetUntil is waitForFleet bounded by deadline (zero: none).
+func (r *runner) waitForFleetUntil(ctx context.Context, deadline time.Time) error {
+	if deadline.IsZero() {
+		return r.waitForFleet(ctx)
+	}
+	wctx, cancel := context.WithDeadlineCause(ctx, deadline, errTryExpired)
+	defer cancel()
+	err := r.waitForFleet(wctx)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(wctx), errTryExpired) {
+		return fmt.Errorf("%w: %s", lockexec.ErrNotAcquired, r.lastWait)
+	}
+	return err
 }
 
 func (r *runner) phase(phase, detail string) {
+	switch phase {
+	case PhaseHalted, PhasePaused, PhaseBlocked:
+		r.lastWait = detail
+	}
 	r.log.Debug("phase", "phase", phase, "detail", detail)
 	if r.opts.OnPhase != nil {
 		r.opts.OnPhase(phase, detail)
@@ -274,4 +309,17 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return fmt.Errorf("%w: %v", lockexec.ErrInterrupted, context.Cause(ctx))
 	}
+}
+
+// NodeEnv is the environment variable that names this node when -node is
+// not given, for hosts that share one Consul agent.
+const NodeEnv = "CT_SUPERVISE_NODE"
+
+// ResolveNode returns this node's name: override if not empty (-node, or
+// $CT_SUPERVISE_NODE read by the caller), else the local agent's node name.
+func ResolveNode(ctx context.Context, client *api.Client, override string) (string, error) {
+	if override = strings.TrimSpace(override); override != "" {
+		return override, nil
+	}
+	return health.LocalNode(ctx, client)
 }
