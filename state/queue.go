@@ -225,6 +225,17 @@ func (st *State) Abandon(name string) {
 func (a *Action) endRun() {
 	a.Running, a.Holding = false, false
 	a.Session, a.PID, a.PIDStart = "", 0, 0
+	a.Phase, a.PhaseDetail, a.PhaseSince = "", "", time.Time{}
+}
+
+// SetPhase records the step the running try of the action is in.
+func (st *State) SetPhase(name, phase, detail string, now time.Time) {
+	if a, ok := st.Actions[name]; ok && a.Running {
+		if a.Phase != phase {
+			a.PhaseSince = now
+		}
+		a.Phase, a.PhaseDetail = phase, detail
+	}
 }
 
 // Acquired records that the running try of the action holds its lock.
@@ -285,6 +296,11 @@ func (st *State) Finish(name string, out Outcome, b Backoff) {
 		a.Attempts, a.Failures = 0, 0
 		a.NextAttempt = time.Time{}
 	case a.Seq > a.RunSeq:
+		a.Attempts, a.Failures = 0, 0
+		a.NextAttempt = time.Time{}
+	case out.NoRetry:
+		out.Failed = true
+		a.Done = max(a.Done, a.RunSeq)
 		a.Attempts, a.Failures = 0, 0
 		a.NextAttempt = time.Time{}
 	default:

@@ -101,6 +101,14 @@ type Action struct {
 	// uses, to tell whether the declaration changed since it began.
 	RunDeclaredAt time.Time `json:"run_declared_at,omitempty"`
 
+	// Phase is the step the running try is in (checking, waiting, halted,
+	// paused, blocked, draining, running, gating, holding), PhaseDetail
+	// what it waits on in one line, and PhaseSince when it began. Empty
+	// when no try runs.
+	Phase       string    `json:"phase,omitempty"`
+	PhaseDetail string    `json:"phase_detail,omitempty"`
+	PhaseSince  time.Time `json:"phase_since,omitempty"`
+
 	// Attempts counts the failed tries that count towards MaxAttempts
 	// (not the transient ones) since the last success or the last new
 	// request; Failures counts every failed try in a row, and sets the
@@ -136,8 +144,19 @@ type Outcome struct {
 	// then, instead of sleeping out the backoff.
 	Unreachable bool `json:"unreachable,omitempty"`
 
-	// Failed is true when the action was given up after MaxAttempts.
+	// Failed is true when the action was given up: after MaxAttempts, or
+	// at once for a failure that NoRetry marks.
 	Failed bool `json:"failed,omitempty"`
+
+	// NoRetry marks a failure that retrying cannot mend, such as a failed
+	// -check (a bad config does not become good by retrying): the action
+	// is given up until a new request arrives.
+	NoRetry bool `json:"no_retry,omitempty"`
+
+	// MaintLeft names the service the failed try left in Consul
+	// maintenance mode on this node (so that traffic stays away); empty
+	// when none.
+	MaintLeft string `json:"maint_left,omitempty"`
 
 	// Seq is the queue sequence number the try covered.
 	Seq uint64 `json:"seq"`
