@@ -127,6 +127,7 @@ func (c *CLI) workerCommand(args []string) int {
 	verbose := fs.Bool("verbose", false, "debug logging")
 	maxParallel := fs.Int("max-parallel", worker.DefaultMaxParallel, "run at most this many actions at once (each under its own lock)")
 	stopGrace := fs.Duration("stop-grace", worker.DefaultStopGrace, "on SIGTERM, let a running command finish for this long before terminating it (0: at once)")
+	node := nodeFlag(fs)
 	if code, done := c.parseFlags(fs, cmd, workerUsage, args); done {
 		return code
 	}
@@ -171,6 +172,8 @@ func (c *CLI) workerCommand(args []string) int {
 		return c.errorf(cmd, code, "%v", err)
 	}
 	log.Debug("Consul connection settings", "from", runner.Source())
+	runner.SetNode(*node, log)
+	defer runner.Close()
 	stopGraceOpt := *stopGrace
 	if stopGraceOpt == 0 {
 		stopGraceOpt = -1 // Options' zero is the default; the flag's is "at once"

@@ -185,7 +185,7 @@ func (f *Fleet) Publish(ctx context.Context, session string, r Record) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	pair := &api.KVPair{Key: f.dir + nodesDir + r.Node, Value: value, Session: session}
+	pair := &api.KVPair{Key: f.NodeKey(r.Node), Value: value, Session: session}
 	ok, _, err := f.client.KV().Acquire(pair, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("publishing the record of %s: %w", r.Node, err)
@@ -195,6 +195,9 @@ func (f *Fleet) Publish(ctx context.Context, session string, r Record) error {
 	}
 	return nil
 }
+
+// NodeKey is the KV key of node's record.
+func (f *Fleet) NodeKey(node string) string { return f.dir + nodesDir + node }
 
 // Records returns every node's record, sorted by node name.
 func (f *Fleet) Records(ctx context.Context) ([]Record, error) {

@@ -13,7 +13,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
 
+	actionpkg "ct-supervise/action"
+	"ct-supervise/fleet"
 	"ct-supervise/lockexec"
 	"ct-supervise/state"
 )
@@ -121,17 +124,23 @@ type ConsulRunner struct {
 	store *state.Store
 	own   map[string]string // the worker's own CONSUL_* environment
 
-	mu     sync.Mutex
-	env    map[string]string // the settings the client was built from
-	runner *lockexec.Runner
-	client *api.Client
+	mu       sync.Mutex
+	env      map[string]string // the settings the client was built from
+	runner   *lockexec.Runner
+	pipeline *actionpkg.Pipeline
+	client   *api.Client
+
+	// override is -node; node the name in use (resolved once per client).
+	override string
+	node     string
+	records  *records
 }
 
 // NewConsulRunner returns the runner for store's worker, after checking
 // that the current settings make a client: a bad CA file, for one, is a
 // configuration error, reported at start rather than on every try.
 func NewConsulRunner(store *state.Store) (*ConsulRunner, error) {
-	r := &ConsulRunner{store: store, own: consulEnv(os.Environ())}
+	r := &ConsulRunner{store: store, own: consulEnv(os.Environ()), records: newRecords(hclog.NewNullLogger())}
 	if _, _, err := r.current(); err != nil {
 		return nil, err
 	}
@@ -179,7 +188,8 @@ func (r *ConsulRunner) current() (*lockexec.Runner, *api.Client, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	r.env, r.client, r.runner = env, client, lockexec.New(client)
+	r.env, r.client, r.runner, r.pipeline = env, client, lockexec.New(client), actionpkg.New(client)
+	r.node = ""
 	return r.runner, r.client, nil
 }
 
@@ -212,13 +222,71 @@ func clientFor(env map[string]string) (*api.Client, error) {
 // a CA, certificate or key file that cannot be read, a bad address.
 var ErrConsulConfig = errors.New("bad Consul connection settings")
 
-// Run implements Runner with the newest settings.
-func (r *ConsulRunner) Run(ctx context.Context, opts lockexec.Options) (lockexec.Result, error) {
-	runner, _, err := r.current()
-	if err != nil {
-		return lockexec.Result{ExitCode: -1}, err
+// SetNode sets this node's name (-node, $CT_SUPERVISE_NODE), and the
+// logger of the rollout records. An empty name means the local agent's
+// node name.
+func (r *ConsulRunner) SetNode(name string, log hclog.Logger) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.override, r.node = name, ""
+	if log != nil {
+		r.records.log = log
 	}
-	return runner.Run(ctx, opts)
+}
+
+// nodeName is this node's name on the current client.
+func (r *ConsulRunner) nodeName(ctx context.Context) (*actionpkg.Pipeline, *api.Client, string, error) {
+	if _, _, err := r.current(); err != nil {
+		return nil, nil, "", err
+	}
+	r.mu.Lock()
+	pipeline, client, node, override := r.pipeline, r.client, r.node, r.override
+	r.mu.Unlock()
+	if node != "" {
+		return pipeline, client, node, nil
+	}
+	node, err := actionpkg.ResolveNode(ctx, client, override)
+	if err != nil {
+		return nil, nil, "", lockexec.ClassifyConsulError(err)
+	}
+	r.mu.Lock()
+	if r.client == client {
+		r.node = node
+	}
+	r.mu.Unlock()
+	return pipeline, client, node, nil
+}
+
+// Run implements Runner with the newest settings: the action pipeline,
+// with this node's name and the action's fleet records.
+func (r *ConsulRunner) Run(ctx context.Context, opts actionpkg.Options) (actionpkg.Result, error) {
+	pipeline, client, node, err := r.nodeName(ctx)
+	if err != nil {
+		return actionpkg.Result{Result: lockexec.Result{ExitCode: -1}}, err
+	}
+	opts.Node = node
+	opts.Fleet = fleet.New(client, opts.Lock.Prefix)
+	return pipeline.Run(ctx, opts)
+}
+
+// Publish implements Publisher: this node's record, held by the worker's
+// session.
+func (r *ConsulRunner) Publish(ctx context.Context, prefix string, rec fleet.Record) error {
+	_, client, node, err := r.nodeName(ctx)
+	if err != nil {
+		return err
+	}
+	rec.Node = node
+	return r.records.publish(ctx, client, prefix, rec)
+}
+
+// Close hands this node's records over to its idle session and destroys
+// the worker's session. Call it when the worker has stopped.
+func (r *ConsulRunner) Close() {
+	r.mu.Lock()
+	node := r.node
+	r.mu.Unlock()
+	r.records.close(node)
 }
 
 // Reclaim implements Runner with the newest settings.

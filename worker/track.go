@@ -9,6 +9,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	actionpkg "ct-supervise/action"
+	"ct-supervise/exitcode"
+	"ct-supervise/fleet"
 	"ct-supervise/lockexec"
 	"ct-supervise/plugin"
 	"ct-supervise/state"
@@ -107,7 +110,9 @@ func (w *worker) note(t *track, what string, fn func(*state.State)) {
 // could not be recorded: the action stays marked running on disk, so the
 // next worker runs it again (a repeat is better than a lost reload).
 func (w *worker) run(t *track, b begunRun) error {
-	lopts := b.decl.LockOptions()
+	opts := b.decl.ActionOptions()
+	opts.Logger = t.log
+	lopts := &opts.Lock
 	lopts.Stdout, lopts.Stderr = w.opts.Output, w.opts.Output
 	lopts.Logger = t.log
 	lopts.OnSession = func(id string) {
@@ -121,17 +126,27 @@ func (w *worker) run(t *track, b begunRun) error {
 		start, _ := processStartTime(pid) // zero: never stopped by a successor
 		w.note(t, "the command's pid", func(st *state.State) { st.RecordChild(b.name, pid, start) })
 	}
-	t.log.Info("waiting for the lock", "prefix", b.decl.Prefix, "n", b.decl.Limit, "seq", b.seq)
+	records := newFeed(w.opts.Runner, b.decl.Prefix, w.lastRecord(b), t.log)
+	opts.OnPhase = func(phase, detail string) {
+		now := time.Now()
+		w.note(t, "the phase", func(st *state.State) { st.SetPhase(b.name, phase, detail, now) })
+		records.phase(phase)
+	}
+	t.log.Info("starting", "prefix", b.decl.Prefix, "n", b.decl.Limit, "seq", b.seq)
 
 	started := time.Now()
-	res, err := w.opts.Runner.Run(t.ctx, lopts)
+	res, err := w.opts.Runner.Run(t.ctx, opts)
 	out := outcome(res, err, started, time.Now())
+	if res.MaintLeft {
+		out.MaintLeft = b.decl.Maint
+	}
 
 	// Stopped (a service manager may also signal the command itself, so
 	// it can end before we notice): unless the run succeeded, it stays
 	// queued for the next worker instead of counting as a failed try.
 	if t.ctx.Err() != nil && !out.OK {
 		t.log.Info("worker stopping; the action stays queued and runs again on the next start")
+		records.finish(phaseQueued, "", false)
 		return w.opts.Store.Update(func(st *state.State) error {
 			st.Abandon(b.name)
 			return nil
@@ -147,27 +162,67 @@ func (w *worker) run(t *track, b begunRun) error {
 		return nil
 	})
 	if uerr != nil {
+		records.finish(phaseQueued, out.Error, out.OK)
 		return fmt.Errorf("recording the outcome of %q: %w", b.name, uerr)
 	}
-	logOutcome(t.log, out, a, b.decl, res)
+	records.finish(finalPhase(out, a), resultText(out), out.OK)
+	logOutcome(t.log, out, a, b.decl, res.Result)
 	return nil
 }
 
-// outcome turns what the lock runner returned into the try's record.
-func outcome(res lockexec.Result, err error, started, finished time.Time) state.Outcome {
+// Phases a node's record shows between runs, besides the pipeline's.
+const (
+	phaseIdle   = "idle"   // the last run finished; no retry is due
+	phaseFailed = "failed" // given up until a new request
+	phaseQueued = "queued" // a retry or the next worker runs it
+)
+
+func finalPhase(out state.Outcome, a state.Action) string {
+	switch {
+	case out.OK:
+		return phaseIdle
+	case a.Last != nil && a.Last.Failed:
+		return phaseFailed
+	}
+	return phaseQueued
+}
+
+func resultText(out state.Outcome) string {
+	if out.OK {
+		return "ok"
+	}
+	return out.Error
+}
+
+// lastRecord is the record a run starts from: the declaration's version
+// and the last try's result.
+func (w *worker) lastRecord(b begunRun) fleet.Record {
+	r := fleet.Record{Version: b.decl.Version}
+	if st, err := w.opts.Store.Load(); err == nil {
+		if a := st.Actions[b.name]; a != nil && a.Last != nil {
+			r.OK, r.LastResult = a.Last.OK, resultText(*a.Last)
+		}
+	}
+	return r
+}
+
+// outcome turns what the pipeline returned into the try's record.
+func outcome(res actionpkg.Result, err error, started, finished time.Time) state.Outcome {
 	unreachable := errors.Is(err, lockexec.ErrConsulUnreachable)
 	out := state.Outcome{
 		OK:       err == nil && res.ExitCode == 0,
-		ExitCode: lockexec.ExitStatus(res, err),
+		ExitCode: exitcode.Of(res.Result, err),
 		// Neither a Consul outage nor a -n that the fleet is still
 		// changing over to is the action's fault: retry, never give up.
 		Transient:   unreachable || errors.Is(err, lockexec.ErrLimitMismatch),
 		Unreachable: unreachable,
-		Started:     started,
-		Finished:    finished,
+		// A bad config does not become good by retrying.
+		NoRetry:  errors.Is(err, actionpkg.ErrCheckFailed),
+		Started:  started,
+		Finished: finished,
 	}
 	if errors.Is(err, ErrConsulConfig) {
-		out.ExitCode = lockexec.ExitConfig
+		out.ExitCode = exitcode.Config
 	}
 	switch {
 	case err != nil:

@@ -16,7 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"ct-supervise/lockexec"
+	actionpkg "ct-supervise/action"
 	"ct-supervise/state"
 )
 
@@ -43,11 +43,14 @@ const (
 // pingTimeout bounds one "is Consul back?" request.
 const pingTimeout = time.Second
 
-// Runner is what the worker needs from Consul. *lockexec.Runner does the
-// first two; ConsulRunner adds Ping and the connection settings.
+// Runner is what the worker needs from Consul. ConsulRunner runs each
+// action through the action pipeline with the newest connection settings
+// and this node's name, and also implements Publisher.
 type Runner interface {
-	// Run runs one command under its lock, as lockexec.Runner.Run does.
-	Run(ctx context.Context, opts lockexec.Options) (lockexec.Result, error)
+	// Run runs one action (check, fleet waits, lock, maintenance, command,
+	// health gate, hold), as actionpkg.Pipeline.Run does. The runner fills in
+	// opts.Node and opts.Fleet.
+	Run(ctx context.Context, opts actionpkg.Options) (actionpkg.Result, error)
 
 	// Reclaim gives back the lock or slot of a run whose worker died, and
 	// destroys its session; the caller has made sure its command is gone.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	actionpkg "ct-supervise/action"
 	"ct-supervise/lockexec"
 	"ct-supervise/plugin"
 	"ct-supervise/state"
@@ -37,7 +38,8 @@ func newFake(run func(ctx context.Context, opts lockexec.Options) (lockexec.Resu
 // actionName recovers the action name from the options plugin sets.
 func actionName(o lockexec.Options) string { return o.SessionName[len("ct-supervise "):] }
 
-func (f *fakeRunner) Run(ctx context.Context, o lockexec.Options) (lockexec.Result, error) {
+func (f *fakeRunner) Run(ctx context.Context, ao actionpkg.Options) (actionpkg.Result, error) {
+	o := ao.Lock
 	f.mu.Lock()
 	f.tries[actionName(o)]++
 	f.running++
@@ -51,7 +53,8 @@ func (f *fakeRunner) Run(ctx context.Context, o lockexec.Options) (lockexec.Resu
 	if o.OnSession != nil {
 		o.OnSession("session-" + actionName(o))
 	}
-	return f.run(ctx, o)
+	res, err := f.run(ctx, o)
+	return actionpkg.Result{Result: res}, err
 }
 
 func (f *fakeRunner) Reclaim(_ context.Context, prefix string, limit int, session string) error {
