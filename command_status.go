@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,7 +20,10 @@ import (
 	"github.com/hashicorp/consul/api"
 	"golang.org/x/sys/unix"
 
+	"ct-supervise/action"
+	"ct-supervise/health"
 	"ct-supervise/lockexec"
+	"ct-supervise/plugin"
 	"ct-supervise/state"
 	"ct-supervise/worker"
 )
@@ -60,6 +64,67 @@ type ActionStatus struct {
 	Holders    []lockexec.Holder `json:"holders,omitzero"`
 	HoldersErr string            `json:"holders_error,omitempty"`
 	Rejected   *state.DeclError  `json:"rejected,omitempty"`
+
+	// Phase is the step a running try is in, PhaseDetail what it waits
+	// on (the check that holds the gate, who halted or paused the
+	// rollout, when and why), PhaseSince when it began.
+	Phase       string     `json:"phase,omitempty"`
+	PhaseDetail string     `json:"phase_detail,omitempty"`
+	PhaseSince  *time.Time `json:"phase_since,omitempty"`
+
+	// The rolling-restart policy, under the declaration's JSON keys.
+	WaitHealthy    []string `json:"wait_healthy,omitempty"`
+	HealthTimeout  string   `json:"health_timeout,omitempty"`
+	HealthSettle   string   `json:"health_settle,omitempty"`
+	Maint          string   `json:"maint,omitempty"`
+	Drain          string   `json:"drain,omitempty"`
+	Check          string   `json:"check,omitempty"`
+	Hold           string   `json:"hold,omitempty"`
+	Splay          string   `json:"splay,omitempty"`
+	OnFailure      string   `json:"on_failure"`
+	UnlessCritical []string `json:"unless_critical,omitempty"`
+	Version        string   `json:"version,omitempty"`
+}
+
+// setPolicy fills in the rolling-restart policy of d, defaults shown.
+func (as *ActionStatus) setPolicy(d plugin.Declaration) {
+	dur := func(v time.Duration) string {
+		if v == 0 {
+			return ""
+		}
+		return v.String()
+	}
+	as.WaitHealthy, as.HealthSettle = d.WaitHealthy, dur(d.HealthSettle)
+	if len(d.WaitHealthy) > 0 {
+		as.HealthTimeout = dur(cmp.Or(d.HealthTimeout, health.DefaultTimeout))
+	}
+	as.Maint, as.Drain, as.Check = d.Maint, dur(d.Drain), d.Check
+	as.Hold, as.Splay = dur(d.Hold), dur(d.Splay)
+	as.OnFailure = cmp.Or(d.OnFailure, action.DefaultOnFailure)
+	as.UnlessCritical, as.Version = d.UnlessCritical, d.Version
+}
+
+// policyLines are the rolling-restart settings that are set, for
+// `status NAME`.
+func (a ActionStatus) policyLines() [][2]string {
+	var out [][2]string
+	add := func(label, v string) {
+		if v != "" {
+			out = append(out, [2]string{label, v})
+		}
+	}
+	add("Check:", a.Check)
+	add("Splay:", a.Splay)
+	add("Unless critical:", strings.Join(a.UnlessCritical, ", "))
+	add("Maintenance:", a.Maint)
+	add("Drain:", a.Drain)
+	add("Wait healthy:", strings.Join(a.WaitHealthy, ", "))
+	add("Health timeout:", a.HealthTimeout)
+	add("Health settle:", a.HealthSettle)
+	add("Hold:", a.Hold)
+	add("On failure:", a.OnFailure)
+	add("Version:", a.Version)
+	return out
 }
 
 // Status is the whole of `status -json`.
@@ -171,6 +236,12 @@ func actionStatus(name string, st *state.State, workerAlive bool) ActionStatus {
 		t := a.NextAttempt
 		as.NextAttempt = &t
 	}
+	as.setPolicy(d)
+	if a.Running && workerAlive && a.Phase != "" {
+		as.Phase, as.PhaseDetail = a.Phase, a.PhaseDetail
+		t := a.PhaseSince
+		as.PhaseSince = &t
+	}
 	if e, ok := st.Errors[name]; ok {
 		as.Rejected = &e
 	}
@@ -242,6 +313,8 @@ func describeConsulError(err error) string {
 // actionState names where an action stands, in status's words.
 func actionState(a *state.Action, workerAlive bool) string {
 	switch {
+	case a.Running && workerAlive && a.Phase != "":
+		return a.Phase
 	case a.Running && a.Holding && workerAlive:
 		return "running"
 	case a.Running && workerAlive:
@@ -316,7 +389,12 @@ func (c *CLI) printTable(actions []ActionStatus) {
 		if a.HoldersErr != "" {
 			unread[a.HoldersErr] = true
 		}
-		rows = append(rows, []string{quoteName(a.Name), a.State, strconv.Itoa(a.Limit), a.Prefix, hs, printable(lastResult(a))})
+		last := lastResult(a)
+		if a.PhaseDetail != "" {
+			// What a running try waits on says more than the last try.
+			last = a.Phase + ": " + a.PhaseDetail
+		}
+		rows = append(rows, []string{quoteName(a.Name), a.State, strconv.Itoa(a.Limit), a.Prefix, hs, printable(last)})
 	}
 	last := len(rows[0]) - 1
 	widths := make([]int, last)
@@ -380,6 +458,12 @@ func (c *CLI) printAction(a ActionStatus) {
 		fmt.Fprintf(w, "Holders:\tnot read: %s\n", printable(a.HoldersErr))
 	} else {
 		fmt.Fprintf(w, "Holders:\t%s\n", holdersCell(a))
+	}
+	if a.Phase != "" {
+		fmt.Fprintf(w, "Phase:\t%s since %s: %s\n", a.Phase, a.PhaseSince.Format(time.RFC3339), printable(a.PhaseDetail))
+	}
+	for _, l := range a.policyLines() {
+		fmt.Fprintf(w, "%s\t%s\n", l[0], printable(l[1]))
 	}
 	fmt.Fprintf(w, "Last result:\t%s\n", printable(lastResult(a)))
 	if a.Rejected != nil {
@@ -450,15 +534,26 @@ func lastResult(a ActionStatus) string {
 	switch {
 	case l.OK:
 		return "ok at " + at
+	case l.Failed && l.NoRetry:
+		return fmt.Sprintf("FAILED (exit %d, not retried until a new request) at %s: %s", l.ExitCode, at, oneLine(l.Error)) + maintLeft(l)
 	case l.Failed:
-		return fmt.Sprintf("FAILED (exit %d, gave up) at %s: %s", l.ExitCode, at, oneLine(l.Error))
+		return fmt.Sprintf("FAILED (exit %d, gave up) at %s: %s", l.ExitCode, at, oneLine(l.Error)) + maintLeft(l)
 	default:
 		s := fmt.Sprintf("error (exit %d) at %s: %s", l.ExitCode, at, oneLine(l.Error))
 		if a.NextAttempt != nil {
 			s += "; retry at " + a.NextAttempt.Format(time.RFC3339)
 		}
-		return s
+		return s + maintLeft(l)
 	}
+}
+
+// maintLeft says that a failed try left its service in maintenance, and
+// how to take it out.
+func maintLeft(l *state.Outcome) string {
+	if l.MaintLeft == "" {
+		return ""
+	}
+	return fmt.Sprintf("; %q LEFT IN MAINTENANCE (consul maint -disable -service ID takes it out)", l.MaintLeft)
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }

@@ -133,9 +133,9 @@ func (r Rollout) pauseText() string {
 func (r Rollout) Blocked() string {
 	switch {
 	case r.Halt != nil:
-		return fmt.Sprintf("%v by %s: %s", ErrHalted, r.Halt.Node, r.Halt.Reason)
+		return fmt.Sprintf("%v by %s: %s (since %s)", ErrHalted, r.Halt.Node, r.Halt.Reason, r.Halt.At.UTC().Format(time.RFC3339))
 	case r.Pause != nil:
-		return fmt.Sprintf("%v by %s: %s", ErrPaused, r.Pause.By, r.Pause.Reason)
+		return fmt.Sprintf("%v by %s: %s (since %s)", ErrPaused, r.Pause.By, r.Pause.Reason, r.Pause.At.UTC().Format(time.RFC3339))
 	}
 	return ""
 }
