@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -103,11 +104,17 @@ func (c *CLI) runCommand(args []string) int {
 		err = fmt.Errorf("%w: %v", lockexec.ErrInterrupted, err)
 	}
 	code := exitcode.Of(res.Result, err)
+	var msg []string
 	if err != nil {
-		if res.MaintLeft {
-			err = fmt.Errorf("%w; %q stays in maintenance on %s: 'consul maint -disable -service ID' takes it out", err, d.Maint, name)
-		}
-		c.errorf(cmd, code, "%v", err)
+		msg = append(msg, err.Error())
+	} else if res.ExitCode != 0 && res.MaintLeft {
+		msg = append(msg, fmt.Sprintf("command exited with status %d", res.ExitCode))
+	}
+	if res.MaintLeft {
+		msg = append(msg, fmt.Sprintf("%q stays in maintenance on %s so that traffic stays away: 'consul maint -disable -service ID' takes it out", d.Maint, name))
+	}
+	if len(msg) > 0 {
+		c.errorf(cmd, code, "%s", strings.Join(msg, "; "))
 	}
 	return code
 }
