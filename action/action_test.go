@@ -380,3 +380,44 @@ func TestFailureHaltsTheNextNode(t *testing.T) {
 		t.Fatal("the next node's command did not run")
 	}
 }
+
+// The node that halted the rollout is not held by its own halt: its retry
+// is what lifts the halt when it succeeds.
+func TestOwnHaltDoesNotHoldTheRetry(t *testing.T) {
+	c := client(t)
+	prefix := "test/own-halt"
+	f := fleet.New(c, prefix)
+	t.Cleanup(func() { _, _ = c.KV().DeleteTree(prefix+fleet.Suffix, nil) })
+	opts := Options{Lock: lockexec.Options{Prefix: prefix, Command: []string{"exit 1"}, Shell: true, Try: 10 * time.Second},
+		Node: "web-2", Fleet: f}
+	if _, err := New(c).Run(context.Background(), opts); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := f.Halt(context.Background()); h == nil || h.Node != "web-2" {
+		t.Fatalf("halt after the failure: %+v", h)
+	}
+	opts.Lock.Command = []string{"true"}
+	if res, err := New(c).Run(context.Background(), opts); err != nil || res.ExitCode != 0 {
+		t.Fatalf("the retry: %v, exit %d", err, res.ExitCode)
+	}
+	if h, _ := f.Halt(context.Background()); h != nil {
+		t.Fatalf("the halt stands after the failing node succeeded: %+v", h)
+	}
+}
+
+// -try bounds a wait on a halt as it bounds the wait for the lock.
+func TestTryBoundsTheHaltWait(t *testing.T) {
+	c := client(t)
+	prefix := "test/halt-try"
+	f := fleet.New(c, prefix)
+	t.Cleanup(func() { _, _ = c.KV().DeleteTree(prefix+fleet.Suffix, nil) })
+	if err := f.SetHalt(context.Background(), fleet.Halt{Node: "web-9", Reason: "boom", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{Lock: lockexec.Options{Prefix: prefix, Command: []string{"true"}, Shell: true, Try: time.Second},
+		Node: "web-1", Fleet: f}
+	_, err := New(c).Run(context.Background(), opts)
+	if !errors.Is(err, lockexec.ErrNotAcquired) || !strings.Contains(err.Error(), "halted by web-9: boom") {
+		t.Fatalf("Run = %v, want not acquired, naming the halt", err)
+	}
+}

@@ -86,7 +86,7 @@ func oneLine(s string) string {
 func (r *runner) waitForFleet(ctx context.Context) error {
 	for {
 		if f := r.opts.Fleet; f != nil {
-			err := f.WaitClear(ctx, func(why string) {
+			err := f.WaitClearFor(ctx, r.opts.Node, func(why string) {
 				phase := PhaseHalted
 				if strings.HasPrefix(why, fleet.ErrPaused.Error()) {
 					phase = PhasePaused
@@ -129,7 +129,7 @@ func (r *runner) blockedNow(ctx context.Context) string {
 	if ro.Pause, err = f.Pause(ctx); err != nil {
 		return ""
 	}
-	return ro.Blocked()
+	return ro.BlockedFor(r.opts.Node)
 }
 
 // underLease runs every step that needs the lock, then releases it. The

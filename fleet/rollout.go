@@ -130,9 +130,14 @@ func (r Rollout) pauseText() string {
 
 // Blocked says why no node may start the action now, or "" if none
 // stops it.
-func (r Rollout) Blocked() string {
+func (r Rollout) Blocked() string { return r.BlockedFor("") }
+
+// BlockedFor says why node may not start the action now, or "" if nothing
+// stops it. A halt node set itself does not stop it: its own retry is
+// what lifts the halt when it succeeds.
+func (r Rollout) BlockedFor(node string) string {
 	switch {
-	case r.Halt != nil:
+	case r.Halt != nil && (node == "" || r.Halt.Node != node):
 		return fmt.Sprintf("%v by %s: %s (since %s)", ErrHalted, r.Halt.Node, r.Halt.Reason, r.Halt.At.UTC().Format(time.RFC3339))
 	case r.Pause != nil:
 		return fmt.Sprintf("%v by %s: %s (since %s)", ErrPaused, r.Pause.By, r.Pause.Reason, r.Pause.At.UTC().Format(time.RFC3339))

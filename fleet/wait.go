@@ -17,6 +17,12 @@ const retryWait = time.Second
 // blocking queries, so it returns within a round trip of the switch being
 // cleared.
 func (f *Fleet) WaitClear(ctx context.Context, onBlocked func(why string)) error {
+	return f.WaitClearFor(ctx, "", onBlocked)
+}
+
+// WaitClearFor is WaitClear for node: a halt that node set itself does not
+// hold it (see Rollout.BlockedFor).
+func (f *Fleet) WaitClearFor(ctx context.Context, node string, onBlocked func(why string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	changed := f.Changes(ctx)
@@ -28,7 +34,7 @@ func (f *Fleet) WaitClear(ctx context.Context, onBlocked func(why string)) error
 		if r.Halt, err = f.Halt(ctx); err == nil {
 			r.Pause, err = f.Pause(ctx)
 		}
-		why := r.Blocked()
+		why := r.BlockedFor(node)
 		if err != nil {
 			why = "cannot read the fleet's halt and pause switches: " + err.Error()
 		}
