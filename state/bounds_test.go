@@ -30,13 +30,13 @@ func fill(t *testing.T, s *Store, n int) {
 // an unchanged register reads only what it needs.
 func TestStateStaysBoundedAndRegisterCheap(t *testing.T) {
 	s := openTemp(t)
-	fill(t, s, 1000)
 	huge := strings.Repeat("n", 128<<10)
 	for i := range 40 {
 		if err := s.RecordError(fmt.Sprintf("%d-%s", i, huge), strings.Repeat("bad value ", 13<<10), time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
+	fill(t, s, 1000)
 	fi := statState(t, s)
 	if fi.Size() > 1<<20 {
 		t.Fatalf("state.json is %d bytes with 1,000 actions and 40 huge rejections", fi.Size())
@@ -71,7 +71,7 @@ func TestStateStaysBoundedAndRegisterCheap(t *testing.T) {
 		t.Fatal("an unchanged register rewrote the state file")
 	}
 	// Generous for a loaded 2-core machine: this took 0.6 s before.
-	if worst > 200*time.Millisecond {
+	if worst > 200*time.Millisecond && !raceDetector {
 		t.Fatalf("an unchanged register of 1,000 actions took %s", worst)
 	}
 	t.Logf("unchanged register with 1,000 actions: at worst %s", worst)
