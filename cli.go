@@ -39,6 +39,7 @@ Subcommands:
   exec      Queue declared actions for the background worker (template command).
   worker    Drain the queue (started by exec; runnable in the foreground).
   status    Show declared actions, the queue, the worker and lock holders.
+  forget    Remove actions no template declares any more from the state.
   version   Print the version.
 
 Run 'ct-supervise <subcommand> -h' for the flags of a subcommand.
@@ -75,6 +76,8 @@ func (c *CLI) Run(args []string) int {
 		return c.workerCommand(args[1:])
 	case "status":
 		return c.statusCommand(args[1:])
+	case "forget":
+		return c.forgetCommand(args[1:])
 	case "version", "-version", "--version":
 		fmt.Fprintf(c.stdout, "%s v%s\n", Name, Version)
 		return ExitOK

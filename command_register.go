@@ -111,8 +111,7 @@ func (c *CLI) registerCommand(args []string) int {
 // they would wait for the next exec, and a restarted consul-template whose
 // renders change nothing runs none. Failing here must not fail the render.
 func (c *CLI) resumeQueue(store *state.Store, verbose bool, log hclog.Logger) {
-	st, err := store.Load()
-	if err != nil || st.QueueLen() == 0 {
+	if n, err := store.QueueLen(); err != nil || n == 0 {
 		return
 	}
 	if err := c.startWorker(store, verbose); err != nil {
@@ -126,8 +125,10 @@ func (c *CLI) resumeQueue(store *state.Store, verbose bool, log hclog.Logger) {
 func (c *CLI) rejectData(cmd, stateDir, name string, err error, strict bool, ok func() int) int {
 	if store, oerr := openStore(stateDir); oerr == nil {
 		defer store.Close()
-		if rerr := store.RecordError(name, err.Error(), time.Now()); rerr != nil {
+		if news, rerr := store.RecordRejection(name, err.Error(), time.Now()); rerr != nil {
 			c.errorf(cmd, ExitError, "recording the rejected declaration: %v", rerr)
+		} else if news {
+			appendWorkerLog(store, cmd, "rejected a declaration from data; the last good one stays in force", "name", name, "error", err)
 		}
 	} else {
 		c.errorf(cmd, ExitError, "%v", oerr)

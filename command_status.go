@@ -462,3 +462,21 @@ func lastResult(a ActionStatus) string {
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }
+
+// warnRejections prints one warning line per rejected declaration, sorted
+// by name, quoted as status quotes them.
+func (c *CLI) warnRejections(cmd string, rejections map[string]state.DeclError) {
+	names := make([]string, 0, len(rejections))
+	for n := range rejections {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		label := "declaration " + quoteName(n)
+		if n == "" {
+			label = "a declaration with no name"
+		}
+		e := rejections[n]
+		c.errorf(cmd, ExitOK, "warning: rejected %s at %s, the last good one stays in force: %s", label, e.At.Format(time.RFC3339), printable(e.Message))
+	}
+}

@@ -361,23 +361,34 @@ const (
 // when the message was first recorded: the same rejection repeated on
 // every render writes nothing, unless exec has reported it since.
 func (s *Store) RecordError(name, message string, now time.Time) error {
+	_, err := s.RecordRejection(name, message, now)
+	return err
+}
+
+// RecordRejection is RecordError, also reporting whether the rejection is
+// news: not recorded before with this message, or reported since. Callers
+// log it once, not on every render pass.
+func (s *Store) RecordRejection(name, message string, now time.Time) (news bool, err error) {
 	name = truncate(strings.ToValidUTF8(name, "\uFFFD"), plugin.MaxNameLength)
 	// JSON would replace invalid UTF-8 on the way to disk, and the entry
 	// would never compare equal to its own repeat.
 	message = truncate(strings.ToValidUTF8(plugin.OneLine(message), "\uFFFD"), maxRejectionMessage)
-	return s.Update(func(st *State) error {
+	err = s.Update(func(st *State) error {
 		if a := st.Actions[name]; a != nil {
 			a.Pending = true
 		}
 		if old, ok := st.Errors[name]; ok && old.Message == message {
+			news = old.Reported
 			old.Reported = false
 			st.Errors[name] = old
 			return nil
 		}
+		news = true
 		st.Errors[name] = DeclError{Message: message, At: now}
 		pruneRejections(st.Errors, MaxRejections)
 		return nil
 	})
+	return news, err
 }
 
 // ReportRejections returns the rejected declarations, by name, and marks
