@@ -6,6 +6,9 @@ package plugin
 
 import (
 	"errors"
+	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"ct-supervise/lockexec"
@@ -65,6 +68,31 @@ type Declaration struct {
 	// MaxAttempts is how many times the worker tries the action before
 	// marking it failed. DefaultDeclaration sets DefaultMaxAttempts.
 	MaxAttempts int `mapstructure:"max_attempts" json:"max_attempts"`
+
+	// PassToken leaves the Consul ACL token variables (ConsulTokenEnv) in
+	// the command's environment. False removes them: a reload that drops
+	// privileges must not be able to read ct-supervise's token.
+	PassToken bool `mapstructure:"pass_token" json:"pass_token,omitempty"`
+}
+
+// ConsulTokenEnv are the environment variables that carry Consul
+// credentials, which a command gets only with PassToken.
+var ConsulTokenEnv = []string{"CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_HTTP_AUTH", "CONSUL_TOKEN"}
+
+// CommandEnv returns environ for the command: without ConsulTokenEnv
+// unless passToken.
+func CommandEnv(environ []string, passToken bool) []string {
+	if passToken {
+		return environ
+	}
+	out := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(ConsulTokenEnv, name) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // LockOptions maps the declaration onto the lock runner's options. The
@@ -79,5 +107,6 @@ func (d Declaration) LockOptions() lockexec.Options {
 		Command:        d.Command,
 		Shell:          d.Shell,
 		Timeout:        d.Timeout,
+		Env:            CommandEnv(os.Environ(), d.PassToken),
 	}
 }

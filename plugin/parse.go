@@ -64,6 +64,8 @@ func (d *Declaration) BindFlags(fs *flag.FlagSet) {
 		"run the command through /bin/sh -c")
 	fs.DurationVar(&d.Timeout, "timeout", d.Timeout,
 		"terminate the command if it runs longer than this (0: no limit)")
+	fs.BoolVar(&d.PassToken, "pass-token", d.PassToken,
+		"leave the Consul token (CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE, ...) in the command's environment; by default it is removed")
 }
 
 // BindQueueFlags registers the flags that only matter to a queued action,
@@ -266,7 +268,8 @@ func (d Declaration) Equal(o Declaration) bool {
 		d.MonitorRetry == o.MonitorRetry &&
 		d.Shell == o.Shell &&
 		d.Timeout == o.Timeout &&
-		d.MaxAttempts == o.MaxAttempts
+		d.MaxAttempts == o.MaxAttempts &&
+		d.PassToken == o.PassToken
 }
 
 // invalidf builds a declaration error. Messages end up in a one-line log
