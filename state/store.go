@@ -273,6 +273,8 @@ type stateSkim struct {
 	Errors  map[string]DeclError  `json:"errors"`
 }
 
+// actionSkim holds what alreadyRegistered and QueueLen read of an Action;
+// QueueLen's count must stay Action.Queued's rule.
 type actionSkim struct {
 	Declaration json.RawMessage `json:"declaration"`
 	Pending     bool            `json:"pending"`
@@ -332,7 +334,7 @@ func (s *Store) QueueLen() (int, error) {
 	}
 	n := 0
 	for _, a := range sk.Actions {
-		if a.Seq > a.Done {
+		if (&Action{Seq: a.Seq, Done: a.Done}).Queued() {
 			n++
 		}
 	}
