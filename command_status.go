@@ -360,6 +360,10 @@ func holdersCell(a ActionStatus) string {
 	}
 	nodes := make([]string, 0, len(a.Holders))
 	for _, h := range a.Holders {
+		if h.Node == "" { // the session could not be read (gone, or no session:read)
+			nodes = append(nodes, "session "+cut(h.Session, 9))
+			continue
+		}
 		nodes = append(nodes, quoteName(h.Node))
 	}
 	if len(nodes) == 0 {
