@@ -100,8 +100,9 @@ type Store struct {
 //     write to;
 //   - a path through a directory owned by neither root nor us, or that its
 //     group or others can write to, unless that directory is sticky (like
-//     /tmp) and the entry we go through in it is ours. Otherwise someone else
-//     could swap the state directory, or a directory above it, for theirs.
+//     /tmp) and the entry we go through in it is ours or root's. Otherwise
+//     someone else could swap the state directory, or a directory above
+//     it, for theirs.
 //
 // Symlinks above the state directory are followed only where they pass the
 // same rules.
@@ -118,6 +119,9 @@ func open(dir string, create bool) (*Store, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("state directory %q: %w", dir, err)
+	}
+	if abs == "/" {
+		return nil, fmt.Errorf("state directory: / is no place for one")
 	}
 	fd, err := walkDir(abs, create)
 	if err != nil {
