@@ -199,7 +199,7 @@ func addHolders(actions []ActionStatus, cf *consulFlags) error {
 	for i := range actions {
 		a := &actions[i]
 		if stop != nil {
-			a.HoldersErr = describeConsulError(stop)
+			a.HoldersErr = "not asked after an earlier read failed: " + describeConsulError(stop)
 			continue
 		}
 		h, err := runner.Holders(a.Prefix, (&api.QueryOptions{}).WithContext(ctx))
