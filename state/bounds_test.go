@@ -179,3 +179,36 @@ func TestForget(t *testing.T) {
 		t.Fatalf("left after Forget: %v %v", st.Actions, st.Errors)
 	}
 }
+
+// The skim a Store keeps between register's two looks is dropped as soon
+// as another process writes the state.
+func TestSkimFollowsOtherWriters(t *testing.T) {
+	a := openTemp(t)
+	if _, err := a.Register(decl(t, "x", "true"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Register(decl(t, "x", "true"), time.Now()); err != nil { // skimmed now
+		t.Fatal(err)
+	}
+	if n, err := a.QueueLen(); err != nil || n != 0 {
+		t.Fatalf("QueueLen = %d, %v; want 0", n, err)
+	}
+	b, err := Open(a.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Update(func(st *State) error { _, err := st.Enqueue(nil, time.Now()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := a.QueueLen(); err != nil || n != 1 {
+		t.Fatalf("after another writer queued x: QueueLen = %d, %v; want 1", n, err)
+	}
+	// x is no longer pending: registering it again is a change.
+	if _, err := a.Register(decl(t, "x", "true"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := b.Load(); !st.Actions["x"].Pending {
+		t.Fatal("a stale skim made register skip marking x pending")
+	}
+}

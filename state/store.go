@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -90,6 +91,12 @@ type Store struct {
 	dir string   // the path it was opened by, for messages and for the worker
 	d   *os.File // the directory itself
 	fd  int      // d's descriptor, for the *at calls
+
+	// skimmed is the last stateSkim read and the identity of the file it
+	// came from, so that register's two looks at the state cost one read.
+	mu        sync.Mutex
+	skimmed   *stateSkim
+	skimmedID fileID
 }
 
 // Open opens the state directory dir, creating it and any missing parent
@@ -235,12 +242,16 @@ func (s *Store) Register(d plugin.Declaration, now time.Time) (changed bool, err
 		return false, err
 	}
 	defer unlock()
-	data, err := s.readBytes()
+	sk, err := s.skimFile()
 	if err != nil {
 		return false, err
 	}
-	if alreadyRegistered(data, d) {
+	if sk != nil && sk.registered(d) {
 		return false, nil
+	}
+	data, err := s.readBytes()
+	if err != nil {
+		return false, err
 	}
 	err = s.updateLocked(data, func(st *State) error {
 		a := st.Actions[d.Name]
@@ -295,13 +306,56 @@ func skim(data []byte) (sk stateSkim, ok bool) {
 	return sk, true
 }
 
-// alreadyRegistered reports whether registering d would change nothing:
-// the same declaration, already pending, with no error to clear.
-func alreadyRegistered(data []byte, d plugin.Declaration) bool {
+// fileID tells one version of the state file from another: it is only
+// ever replaced whole, by rename, so a new version is a new inode, and a
+// reused inode number comes with new times.
+type fileID struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime unix.Timespec
+}
+
+// skimFile returns the stateSkim of the state file, read again only when
+// the file changed since the last one; nil when there is no file or it is
+// one for the full decoder. The caller holds the directory lock.
+func (s *Store) skimFile() (*stateSkim, error) {
+	f, err := s.OpenFile(stateFileName, os.O_RDONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading state file: %w", err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("reading state file: %w", err)
+	}
+	id := fileID{dev: uint64(st.Dev), ino: uint64(st.Ino), size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
+	s.mu.Lock()
+	cached := s.skimmed
+	hit := cached != nil && s.skimmedID == id
+	s.mu.Unlock()
+	if hit {
+		return cached, nil
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("reading state file: %w", err)
+	}
 	sk, ok := skim(data)
 	if !ok {
-		return false
+		return nil, nil
 	}
+	s.mu.Lock()
+	s.skimmed, s.skimmedID = &sk, id
+	s.mu.Unlock()
+	return &sk, nil
+}
+
+// registered reports whether registering d would change nothing: the same
+// declaration, already pending, with no error to clear.
+func (sk *stateSkim) registered(d plugin.Declaration) bool {
 	a, ok := sk.Actions[d.Name]
 	if !ok || !a.Pending {
 		return false
@@ -324,13 +378,12 @@ func (s *Store) QueueLen() (int, error) {
 		return 0, err
 	}
 	defer unlock()
-	data, err := s.readBytes()
+	sk, err := s.skimFile()
 	if err != nil {
 		return 0, err
 	}
-	sk, ok := skim(data)
-	if !ok {
-		st, err := s.decode(data) // reports what is wrong
+	if sk == nil { // no file, or one the full decoder reports on
+		st, err := s.read()
 		if err != nil {
 			return 0, err
 		}
