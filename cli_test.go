@@ -93,7 +93,7 @@ func TestRunConsulUnreachable(t *testing.T) {
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	for _, args := range [][]string{{"-h"}, {"run", "-h"}, {"register", "-h"}, {"exec", "-h"}, {"worker", "-h"}, {"status", "-h"}} {
+	for _, args := range [][]string{{"-h"}, {"run", "-h"}, {"register", "-h"}, {"exec", "-h"}, {"worker", "-h"}, {"status", "-h"}, {"forget", "-h"}} {
 		stdout, stderr, code := runCLI(args...)
 		if code != 0 || !strings.Contains(stdout, "Usage: ct-supervise") || stderr != "" {
 			t.Errorf("%v: exit %d stdout %q stderr %q", args, code, stdout, stderr)
