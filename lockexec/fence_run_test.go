@@ -123,9 +123,10 @@ func TestRunShortFreezeKeepsLock(t *testing.T) {
 	assertClean(t, client, prefix)
 }
 
-// flakyConsul is a proxy in front of the agent that answers KV requests
-// with Consul's transient errors while failing is set.
-func flakyConsul(t *testing.T, addr string) (*api.Client, *atomic.Bool) {
+// flakyConsul is a proxy in front of the agent that answers requests whose
+// path starts with prefix with Consul's transient errors while failing is
+// set.
+func flakyConsul(t *testing.T, addr, prefix string) (*api.Client, *atomic.Bool) {
 	t.Helper()
 	target, err := url.Parse("http://" + addr)
 	if err != nil {
@@ -135,7 +136,7 @@ func flakyConsul(t *testing.T, addr string) (*api.Client, *atomic.Bool) {
 	var failing atomic.Bool
 	var n atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if failing.Load() && strings.HasPrefix(r.URL.Path, "/v1/kv/") {
+		if failing.Load() && strings.HasPrefix(r.URL.Path, prefix) {
 			// The answers a leader election gives, in turn.
 			switch n.Add(1) % 3 {
 			case 0:
@@ -164,7 +165,7 @@ func TestRunWaitsThroughConsulErrors(t *testing.T) {
 			t.Parallel()
 			prefix := uniquePrefix(t)
 			release := holdUntil(t, client, prefix, limit, limit)
-			flaky, failing := flakyConsul(t, agent.Addr())
+			flaky, failing := flakyConsul(t, agent.Addr(), "/v1/kv/")
 			dir := t.TempDir()
 			opts := shellOpts(t, prefix, limit, "touch "+dir+"/ran")
 			opts.Try = time.Minute
@@ -186,6 +187,45 @@ func TestRunWaitsThroughConsulErrors(t *testing.T) {
 			}
 			assertClean(t, client, prefix)
 		})
+	}
+}
+
+// TestRunCreatesSessionThroughConsulErrors has Consul refuse to create the
+// session for a while, as during a leader election: the run must retry
+// within -try, and still run its command.
+func TestRunCreatesSessionThroughConsulErrors(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	prefix := uniquePrefix(t)
+	flaky, failing := flakyConsul(t, agent.Addr(), "/v1/session/create")
+	failing.Store(true)
+	dir := t.TempDir()
+	opts := shellOpts(t, prefix, 1, "touch "+dir+"/ran")
+	opts.Try = time.Minute
+	run := startRun(t, context.Background(), lockexec.New(flaky), opts)
+	time.Sleep(2 * time.Second)
+	select {
+	case <-run.done:
+		t.Fatalf("Run gave up while Consul was failing: %+v, %v", run.res, run.err)
+	default:
+	}
+	failing.Store(false)
+	res, err := run.wait(t, 30*time.Second)
+	if err != nil || res.ExitCode != 0 || !fileExists(dir+"/ran") {
+		t.Fatalf("Run: exit %d, %v; want the command run once Consul is back", res.ExitCode, err)
+	}
+	assertClean(t, client, prefix)
+
+	// Within -try only.
+	failing.Store(true)
+	opts.Try = time.Second
+	start := time.Now()
+	_, err = lockexec.New(flaky).Run(context.Background(), opts)
+	if !errors.Is(err, lockexec.ErrConsulUnreachable) {
+		t.Fatalf("Run: %v, want ErrConsulUnreachable once -try ran out", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("Run gave up after %s with -try 1s", took)
 	}
 }
 
