@@ -91,6 +91,10 @@ func TestReclaimAfterKilledRun(t *testing.T) {
 			if s, _, err := client.Session().Info(session, nil); err != nil || s != nil {
 				t.Errorf("the killed run's session is still there: %+v, %v", s, err)
 			}
+			// Nothing left to give back is not an error.
+			if err := r.Reclaim(context.Background(), prefix, limit, session); err != nil {
+				t.Errorf("Reclaim of a session already reclaimed: %v", err)
+			}
 			pairs, _, err := client.KV().Keys(prefix+"/", "", nil)
 			if err != nil {
 				t.Fatal(err)
