@@ -45,7 +45,9 @@ const (
 	// fenceMargin is how long before the earliest moment somebody else
 	// could acquire the command must already be dead. It covers the
 	// kernel delivering SIGKILL, timers firing late on a loaded machine,
-	// and clocks that run at slightly different rates.
+	// clocks that run at slightly different rates, and a raft leader
+	// that was deposed without knowing it yet: it may answer a renewal
+	// for up to its leader lease (500ms) after the new leader took over.
 	fenceMargin = 2 * time.Second
 
 	// fenceConfirmInterval is how often a holder renews its session, each

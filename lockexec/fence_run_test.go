@@ -355,3 +355,27 @@ func TestRunHooks(t *testing.T) {
 		t.Errorf("OnStarted got pid %d", pid)
 	}
 }
+
+// TestHoldersFrozenAgent asks for the holders of a prefix while the agent
+// is frozen: the answer must be an error after the request's deadline, not
+// a hang.
+func TestHoldersFrozenAgent(t *testing.T) {
+	t.Parallel()
+	own, client := ownAgent(t)
+	freeze(t, own)
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := lockexec.New(client).Holders("frozen", nil)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Holders succeeded against a frozen agent")
+		}
+		t.Logf("Holders failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("Holders still hangs 60s after the agent froze")
+	}
+}

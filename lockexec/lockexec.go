@@ -1,6 +1,12 @@
 // Package lockexec runs one command while holding a Consul lock (limit 1) or
 // a slot of a Consul semaphore (limit > 1), the way `consul lock` does, and
 // always gives the lock back and destroys its session before returning.
+//
+// Runner.Run does it all. Runner.Acquire hands out the lock as a Lease
+// whose Context is fenced: it is cancelled when the lock is lost or can no
+// longer be confirmed in time, before anybody else could acquire (see
+// fence.go), so that any work, not only a command, can run under it.
+// Start is how every command is started, with default signal dispositions.
 package lockexec
 
 import (
