@@ -53,9 +53,10 @@ var (
 	// ErrNotAcquired means the lock was not acquired within Options.Try.
 	ErrNotAcquired = errors.New("lock not acquired within the -try timeout")
 
-	// ErrLockLost means the lock was lost while the command ran; the command
-	// was terminated.
-	ErrLockLost = errors.New("lock lost while the command was running")
+	// ErrLockLost means the lock was lost, or could no longer be confirmed
+	// in time (the fence), while it was held; the command was terminated.
+	// A Lease's context is cancelled with a cause wrapping it.
+	ErrLockLost = errors.New("lock lost")
 
 	// ErrLimitMismatch means another holder uses the same prefix with a
 	// different limit (or as a lock rather than a semaphore).
