@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -133,6 +135,8 @@ func flakyConsul(t *testing.T, addr, prefix string) (*api.Client, *atomic.Bool) 
 		t.Fatal(err)
 	}
 	proxy := httputil.NewSingleHostReverseProxy(target)
+	// Requests cancelled when a run ends are no news.
+	proxy.ErrorLog = log.New(io.Discard, "", 0)
 	var failing atomic.Bool
 	var n atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -377,5 +381,55 @@ func TestHoldersFrozenAgent(t *testing.T) {
 		t.Logf("Holders failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
 	case <-time.After(60 * time.Second):
 		t.Fatal("Holders still hangs 60s after the agent froze")
+	}
+}
+
+// TestRunHoldsThroughConsulErrors has Consul answer every request with the
+// errors of a leader election for a few seconds while the command runs:
+// renewals and the monitor's reads fail, and the holder must ride it out.
+func TestRunHoldsThroughConsulErrors(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	for _, limit := range []int{1, 2} {
+		t.Run(fmt.Sprintf("n=%d", limit), func(t *testing.T) {
+			t.Parallel()
+			prefix := uniquePrefix(t)
+			flaky, failing := flakyConsul(t, agent.Addr(), "/v1/")
+			dir := t.TempDir()
+			opts := shellOpts(t, prefix, limit,
+				fmt.Sprintf(`touch %[1]s/started; while [ ! -e %[1]s/go ]; do sleep 0.05; done`, dir))
+			opts.MonitorRetries = lockexec.DefaultMonitorRetries
+			run := startRun(t, context.Background(), lockexec.New(flaky), opts)
+			run.waitStarted(t, dir+"/started")
+
+			failing.Store(true)
+			// Wake the monitor's blocking read, so that its next read fails:
+			// another holder takes the free slot, or the lock's key is
+			// rewritten (Consul keeps its session).
+			time.Sleep(100 * time.Millisecond)
+			releaseOther := func() {}
+			if limit > 1 {
+				releaseOther = holdUntil(t, client, prefix, limit, 1)
+			} else if _, err := client.KV().Put(&api.KVPair{Key: prefix + "/" + lockexec.LockKeySuffix, Flags: api.LockFlagValue}, nil); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(4 * time.Second)
+			failing.Store(false)
+			time.Sleep(lockexec.DefaultLockDelay - 4*time.Second)
+			select {
+			case <-run.done:
+				t.Fatalf("Run returned while Consul was failing: %+v, %v", run.res, run.err)
+			default:
+			}
+			if err := os.WriteFile(dir+"/go", nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			res, err := run.wait(t, 30*time.Second)
+			if err != nil || res.ExitCode != 0 {
+				t.Fatalf("Run: exit %d, %v; want the command to finish under the lock", res.ExitCode, err)
+			}
+			releaseOther()
+			assertClean(t, client, prefix)
+		})
 	}
 }
