@@ -35,7 +35,12 @@ import (
 //	confirmed ... +2s renew ... +8s SIGTERM ... +13s SIGKILL ... +15s others may acquire
 //
 // A stall of the agent shorter than about 6s (8s less one renewal interval)
-// therefore costs nothing.
+// therefore costs nothing. Seen from a client agent, a leader election looks
+// like any other failure to confirm (so does a partition, where the servers
+// may well invalidate the session): one longer than that stops the command
+// too. Measured on 3 servers with Consul's default raft timing, killing the
+// leader did. A longer lock-delay buys more room, at the price of a longer
+// wait for the next holder after a holder vanished.
 const (
 	// DefaultLockDelay is Consul's lock-delay for a session that asks for
 	// none, and the period our semaphore contenders wait before reusing
@@ -45,9 +50,10 @@ const (
 	// fenceMargin is how long before the earliest moment somebody else
 	// could acquire the command must already be dead. It covers the
 	// kernel delivering SIGKILL, timers firing late on a loaded machine,
-	// clocks that run at slightly different rates, and a raft leader
-	// that was deposed without knowing it yet: it may answer a renewal
-	// for up to its leader lease (500ms) after the new leader took over.
+	// and clocks that run at slightly different rates. (A raft leader cut
+	// off from the others steps down when its leader lease runs out, before
+	// they can elect another: a renewal it answered was answered before
+	// anybody else could invalidate the session.)
 	fenceMargin = 2 * time.Second
 
 	// fenceConfirmInterval is how often a holder renews its session, each
