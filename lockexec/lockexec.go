@@ -146,7 +146,9 @@ type Options struct {
 	Timeout time.Duration
 
 	// KillGrace is the time between SIGTERM and SIGKILL. Zero means
-	// DefaultKillGrace.
+	// DefaultKillGrace. When the lock is lost it is cut short, to at most
+	// DefaultKillGrace, so that the command is dead before anybody else
+	// could acquire (see fence.go).
 	KillGrace time.Duration
 
 	// Signals, if not nil, delivers signals received by the caller. While the
