@@ -110,6 +110,13 @@ func (f *fence) confirm(sent time.Time) {
 	}
 }
 
+// confirmedAt is the send time of the latest confirmation.
+func (f *fence) confirmedAt() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.confirmed
+}
+
 // stopAt is when the command must be sent SIGTERM unless a later
 // confirmation comes first.
 func (f *fence) stopAt() time.Time {
@@ -170,12 +177,17 @@ type renewer struct {
 	holding bool
 }
 
-// hold switches to the holding cadence, with a renewal at once: the last
-// one may be most of ttl/2 old, nearer the fence than we want.
+// hold switches to the holding cadence. If the last confirmation is older
+// than a renewal interval (the lock came in on an old read, not a fresh
+// write), it renews at once, so as not to start nearer the fence than
+// usual; otherwise it adds no request to the hand-off.
 func (r *renewer) hold() {
 	r.mu.Lock()
 	r.holding = true
 	r.mu.Unlock()
+	if time.Since(r.fence.confirmedAt()) <= fenceConfirmInterval {
+		return
+	}
 	select {
 	case r.kick <- struct{}{}:
 	default:
