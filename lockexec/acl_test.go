@@ -73,6 +73,25 @@ func TestRunPermissionDenied(t *testing.T) {
 	}
 }
 
+// TestHoldersPermissionDenied reads the holders with a token that may not
+// read the lock's key: the error must say so, not call Consul unreachable.
+func TestHoldersPermissionDenied(t *testing.T) {
+	t.Parallel()
+	if agent == nil {
+		t.Skip("skipping: no consul binary (see devconsul.ErrNoBinary)")
+	}
+	a, err := devconsul.Start(devconsul.Options{ExtraConfig: aclConfig})
+	if err != nil {
+		t.Fatalf("starting consul with ACLs: %v", err)
+	}
+	t.Cleanup(a.Stop)
+	_, err = lockexec.New(tokenClient(t, a, "")).Holders("denied/lock", nil)
+	if !errors.Is(err, lockexec.ErrPermissionDenied) || errors.Is(err, lockexec.ErrConsulUnreachable) ||
+		!strings.Contains(err.Error(), "denied/lock/.lock") {
+		t.Fatalf("Holders: %v, want ErrPermissionDenied naming the key", err)
+	}
+}
+
 // tokenClient is a client for a using token.
 func tokenClient(t *testing.T, a *devconsul.Agent, token string) *api.Client {
 	t.Helper()

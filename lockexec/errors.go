@@ -3,6 +3,7 @@ package lockexec
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -108,4 +109,17 @@ func isTransient(err error) bool {
 		return true
 	}
 	return errors.Is(err, context.DeadlineExceeded)
+}
+
+// consulError wraps err from Consul, met while doing what, in the sentinel
+// that applies: ErrPermissionDenied for a 403, ErrConsulUnreachable when
+// Consul could not serve us.
+func consulError(what string, err error) error {
+	switch {
+	case isPermissionDenied(err):
+		return fmt.Errorf("%w: %s: %v", ErrPermissionDenied, what, err)
+	case isUnreachable(err) || isTransient(err):
+		return fmt.Errorf("%w: %s: %v", ErrConsulUnreachable, what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }

@@ -41,25 +41,14 @@ func (r *Runner) Reclaim(ctx context.Context, prefix string, limit int, session 
 		err = r.reclaimSlot(ctx, o.Prefix, o.lockKey(), session)
 	}
 	if err != nil {
-		return r.classify(err, prefix, session)
+		return consulError(fmt.Sprintf("reclaiming %q from session %s", prefix, session), err)
 	}
 	cctx, cancel := callCtx(ctx)
 	defer cancel()
 	if _, err := r.client.Session().Destroy(session, (&api.WriteOptions{}).WithContext(cctx)); err != nil {
-		return r.classify(fmt.Errorf("destroying session %s: %w", session, err), prefix, session)
+		return consulError(fmt.Sprintf("reclaiming %q: destroying session %s", prefix, session), err)
 	}
 	return nil
-}
-
-// classify wraps a Reclaim error in the sentinel that applies.
-func (r *Runner) classify(err error, prefix, session string) error {
-	switch {
-	case isPermissionDenied(err):
-		return fmt.Errorf("%w: reclaiming %q from session %s: %v", ErrPermissionDenied, prefix, session, err)
-	case isUnreachable(err) || isTransient(err):
-		return fmt.Errorf("%w: reclaiming %q from session %s: %v", ErrConsulUnreachable, prefix, session, err)
-	}
-	return fmt.Errorf("reclaiming %q from session %s: %w", prefix, session, err)
 }
 
 // reclaimLock releases key if session holds it.
