@@ -57,6 +57,8 @@ type Status struct {
 	WorkerPID int                        `json:"worker_pid"`
 	Actions   []ActionStatus             `json:"actions"`
 	Rejected  map[string]state.DeclError `json:"rejected,omitempty"`
+	// WorkerFailure is why the last worker could not start, if it could not.
+	WorkerFailure *state.WorkerFailure `json:"worker_failure,omitempty"`
 }
 
 // statusCommand is `ct-supervise status`.
@@ -85,7 +87,7 @@ func (c *CLI) statusCommand(args []string) int {
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
-	status := Status{StateDir: store.Dir(), WorkerPID: pid, Rejected: st.Errors}
+	status := Status{StateDir: store.Dir(), WorkerPID: pid, Rejected: st.Errors, WorkerFailure: st.WorkerFailure}
 
 	// consulErr is why holders are not shown: a bad address, or the first
 	// failed read (then Consul is not asked again for every action).
@@ -164,10 +166,13 @@ func actionState(a *state.Action, workerAlive bool) string {
 func (c *CLI) printStatus(s Status, consulErr error) {
 	w := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "State directory:\t%s\n", s.StateDir)
-	switch s.WorkerPID {
-	case 0:
+	switch {
+	case s.WorkerPID == 0 && s.WorkerFailure != nil:
+		f := s.WorkerFailure
+		fmt.Fprintf(w, "Worker:\tnot running; failed to start at %s: %s\n", f.At.Format(time.RFC3339), oneLine(f.Message))
+	case s.WorkerPID == 0:
 		fmt.Fprintf(w, "Worker:\tnot running\n")
-	case -1:
+	case s.WorkerPID == -1:
 		fmt.Fprintf(w, "Worker:\tstarting\n")
 	default:
 		fmt.Fprintf(w, "Worker:\trunning (pid %d)\n", s.WorkerPID)

@@ -33,6 +33,7 @@ type orphan struct {
 	prefix   string
 	limit    int
 	session  string
+	holding  bool // the lock was held: the command may have started
 	pid      int
 	pidStart uint64
 }
@@ -52,7 +53,7 @@ func (w *worker) recoverInterrupted(ctx context.Context) error {
 	for _, name := range st.Interrupted() {
 		a := st.Actions[name]
 		orphans = append(orphans, orphan{name: name, prefix: a.Declaration.Prefix, limit: a.Declaration.Limit,
-			session: a.Session, pid: a.PID, pidStart: a.PIDStart})
+			session: a.Session, holding: a.Holding, pid: a.PID, pidStart: a.PIDStart})
 	}
 	var wg sync.WaitGroup
 	for _, o := range orphans {
@@ -79,6 +80,13 @@ func (w *worker) recoverInterrupted(ctx context.Context) error {
 func (w *worker) reclaim(ctx context.Context, o orphan) {
 	log := w.log.Named(o.name)
 	log.Warn("the previous worker stopped during this action; running it again", "session", o.session, "pid", o.pid)
+	if o.holding && o.pid == 0 {
+		// The lock is recorded before the command starts and its pid
+		// after: the predecessor died in between, and a command may run
+		// that nothing here can name.
+		log.Warn("the dead worker held the lock but its command's pid was not recorded; its lock is freed when its session expires", "session", o.session)
+		return
+	}
 	if err := stopOrphan(log, o.pid, o.pidStart); err != nil {
 		log.Error("could not stop the dead worker's command; its lock is freed when its session expires", "pid", o.pid, "error", err)
 		return

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -455,7 +456,9 @@ func TestRecoverStopsOrphanAndReclaims(t *testing.T) {
 			}
 			st.RecordSession(n, "dead-"+n)
 		}
+		st.Acquired("a")
 		st.RecordChild("a", orphan.Process.Pid, start)
+		st.Acquired("b")
 		st.RecordChild("b", orphan.Process.Pid, start+1)
 		return nil
 	})
@@ -499,5 +502,33 @@ func TestStopOrphanSparesReusedPID(t *testing.T) {
 	}
 	if err := syscall.Kill(p.Process.Pid, 0); err != nil {
 		t.Fatalf("a process whose start time differs was stopped: %v", err)
+	}
+}
+
+// A predecessor that died holding the lock before its command's pid was
+// recorded may have left a command running that nothing can name: its lock
+// is left to expire with its session, never given back early.
+func TestRecoverLeavesUnnamedCommandsLockAlone(t *testing.T) {
+	s := newStore(t, 3, "waiting", "holding")
+	err := s.Update(func(st *state.State) error {
+		for _, n := range []string{"waiting", "holding"} {
+			if _, _, err := st.Begin(n); err != nil {
+				return err
+			}
+			st.RecordSession(n, "dead-"+n)
+		}
+		st.Acquired("holding")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFake(ok)
+	w := startWorker(t, Options{Store: s, Runner: f})
+	if err := w.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(f.reclaims) != 1 || !strings.Contains(f.reclaims[0], "dead-waiting") {
+		t.Fatalf("reclaims = %v, want only the session that never held the lock", f.reclaims)
 	}
 }
