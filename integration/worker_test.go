@@ -13,6 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"ct-supervise/internal/devconsul"
 )
 
 // actionStates returns each action's state from `status -json`.
@@ -346,5 +350,159 @@ func TestWorkerStartFailureIsReported(t *testing.T) {
 	time.Sleep(time.Second)
 	if starts := strings.Count(readFile(t, logPath), "worker cannot start"); starts > 2 {
 		t.Fatalf("%d workers were started and failed; exec must back off", starts)
+	}
+}
+
+// aclToken is the management token of the ACL-enabled agent.
+const aclToken = "3f2c6a0e-6b1a-4c55-9a55-0c1f2d3e4b5a"
+
+// startACLAgent starts a Consul agent of the test's own with ACLs on and
+// everything denied to the anonymous token.
+func startACLAgent(t *testing.T) (*devconsul.Agent, *api.Client) {
+	t.Helper()
+	needConsul(t)
+	a, err := devconsul.Start(devconsul.Options{ExtraConfig: fmt.Sprintf(
+		`acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`, aclToken, aclToken)})
+	if err != nil {
+		t.Fatalf("starting an ACL agent: %v", err)
+	}
+	t.Cleanup(a.Stop)
+	cfg := a.Config()
+	cfg.Token = aclToken
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sessions need this node in the catalog.
+	waitFor(t, 20*time.Second, "the node to be registered", func() bool {
+		node, _, err := client.Catalog().Node("devconsul", nil)
+		return err == nil && node != nil
+	})
+	return a, client
+}
+
+// withoutConsulEnv returns env without any CONSUL_* variable.
+func withoutConsulEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "CONSUL_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// consul-template configured through HCL only (consul { address, token }),
+// with no CONSUL_* in its environment and ACLs on: a worker that register
+// starts, which gets consul-template's own environment, reaches Consul
+// with the settings consul-template gives its commands. The token never
+// shows in state.json, status or the worker's arguments.
+func TestWorkerUsesConsulTemplateSettings(t *testing.T) {
+	needConsulTemplate(t)
+	acl, client := startACLAgent(t)
+	n := newNode(t, "acl")
+	n.logOnFailure()
+	n.env = withoutConsulEnv(n.env)
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "ran")
+
+	// The key changes trigger renders whose output does not change: the
+	// plugin runs, the command does not.
+	tmpl := fmt.Sprintf(`{{ with keyOrDefault "ctl/x" "" }}{{ end }}{{ plugin "ct-supervise" "register" "-name=acl" "-prefix=acl/p" "echo ran >> %s" }}ok
+`, marker)
+	src, dest, cfgPath := filepath.Join(dir, "t.ctmpl"), filepath.Join(dir, "t.out"), filepath.Join(dir, "ct.hcl")
+	cfg := fmt.Sprintf("log_level = \"debug\"\nkill_signal = \"SIGTERM\"\nconsul {\n  address = %q\n  token = %q\n}\ntemplate {\n  source = %q\n  destination = %q\n  command = \"ct-supervise exec\"\n}\n",
+		acl.Addr(), aclToken, src, dest)
+	for path, body := range map[string]string{src: tmpl, cfgPath: cfg} {
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ct := exec.Command("consul-template", "-config="+cfgPath)
+	ct.Env = append(withoutConsulEnv(n.env), "PATH="+filepath.Dir(binary)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	var ctLog strings.Builder
+	ct.Stdout, ct.Stderr = &ctLog, &ctLog
+	ct.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := ct.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctDone := make(chan struct{})
+	go func() { _ = ct.Wait(); close(ctDone) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-ct.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-ctDone:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-ct.Process.Pid, syscall.SIGKILL)
+			<-ctDone
+		}
+		if t.Failed() {
+			t.Logf("consul-template log:\n%s", tail(ctLog.String(), ctLogTail))
+		}
+	})
+
+	// The first render: exec (a command) records the settings and its
+	// worker runs the action.
+	waitFor(t, 30*time.Second, "the first render's action to run", func() bool { return len(lines(marker)) == 1 })
+	waitFor(t, 20*time.Second, "the worker to exit", func() bool { return n.workerPID() == 0 })
+
+	// Orphan a request: queued by hand (no CONSUL_* here: nothing is
+	// recorded over consul-template's settings), its worker killed while
+	// it waits for a lock held elsewhere.
+	holder, err := client.LockOpts(&api.LockOptions{Key: "acl/p/.lock", SessionName: "test holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.Lock(nil); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			_ = holder.Unlock()
+			_ = holder.Destroy()
+		}
+	}
+	t.Cleanup(release)
+	n.mustRun("exec", "acl")
+	waitFor(t, 20*time.Second, "the worker to wait for the lock", func() bool { return n.actionStates()["acl"] == "waiting" })
+	dead := n.workerPID()
+	if dead <= 0 {
+		t.Fatalf("no worker pid (%d)", dead)
+	}
+	if err := syscall.Kill(dead, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the worker to die", func() bool { return n.workerPID() == 0 })
+
+	// A render that changes nothing: only register runs, and it starts
+	// the worker with consul-template's own environment.
+	if _, err := client.KV().Put(&api.KVPair{Key: "ctl/x", Value: []byte("1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "register to start a worker", func() bool {
+		pid := n.workerPID()
+		return pid > 0 && pid != dead
+	})
+	worker := n.workerPID()
+	release()
+	waitFor(t, 30*time.Second, "the action to run with consul-template's settings", func() bool { return len(lines(marker)) == 2 })
+
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", worker))
+	for what, text := range map[string]string{
+		"state.json":        readFile(t, filepath.Join(n.stateDir, "state.json")),
+		"status":            n.mustRun("status").stdout,
+		"status -json":      n.mustRun("status", "-json").stdout,
+		"the worker's argv": string(cmdline),
+		"the worker's log":  readFile(t, filepath.Join(n.stateDir, "worker.log")),
+	} {
+		if strings.Contains(text, aclToken) {
+			t.Errorf("the token shows in %s", what)
+		}
+	}
+	fi, err := os.Stat(filepath.Join(n.stateDir, "consul-settings.json"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the recorded settings: %v %v, want mode 0600", fi, err)
 	}
 }
