@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -190,8 +191,14 @@ func TestRegisterNonObjectDataIsRejected(t *testing.T) {
 			t.Fatalf("register -strict %q: exit 0 (%q), want a failure", data, stderr)
 		}
 	}
-	stdout, _, _ := runCLI("status", "-state-dir="+dir, "-http-addr=127.0.0.1:1", "-json")
-	if strings.Contains(stdout, `"name": "`) {
+	stdout, stderr, code := runCLI("status", "-state-dir="+dir, "-http-addr=127.0.0.1:1", "-json")
+	var st struct {
+		Actions []any `json:"actions"`
+	}
+	if code != 0 || json.Unmarshal([]byte(stdout), &st) != nil {
+		t.Fatalf("status: exit %d stderr %q stdout %q", code, stderr, stdout)
+	}
+	if len(st.Actions) != 0 {
 		t.Fatalf("a non-object value was registered as an action:\n%s", stdout)
 	}
 }
@@ -210,7 +217,10 @@ func TestRegisterBadDataKeepsLastGood(t *testing.T) {
 	if !strings.Contains(stderr, "warning") || !strings.Contains(stderr, `"app"`) || strings.Count(stderr, "\n") != 1 {
 		t.Fatalf("want one warning line naming the declaration, got %q", stderr)
 	}
-	stdout, _, _ = runCLI("status", sd, "-http-addr=127.0.0.1:1", "-json")
+	stdout, stderr, code = runCLI("status", sd, "-http-addr=127.0.0.1:1", "-json")
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, stderr)
+	}
 	if !strings.Contains(stdout, `-n must be at least 1`) || !strings.Contains(stdout, `"systemctl restart app"`) {
 		t.Fatalf("status should show the rejected declaration and keep the good one:\n%s", stdout)
 	}

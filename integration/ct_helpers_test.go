@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"ct-supervise/internal/overlap"
+	"ct-supervise/internal/shell"
 	"ct-supervise/worker"
 )
 
@@ -327,14 +328,9 @@ echo "$CT_SUPERVISE_NODE end $(date +%s%N)" >> "$1"
 		t.Fatal(err)
 	}
 	return action{
-		command: fmt.Sprintf("sh %s %s %s", shellQuote(script), shellQuote(ledger), seconds),
+		command: fmt.Sprintf("sh %s %s %s", shell.Quote(script), shell.Quote(ledger), seconds),
 		ledger:  ledger,
 	}
-}
-
-// shellQuote quotes s for /bin/sh.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // ledgerRun is one run of the action as the ledger recorded it.
