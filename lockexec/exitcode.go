@@ -16,10 +16,6 @@ const (
 	ExitInterrupted       = 130 // interrupted by a signal before the command finished
 )
 
-// ExitConfig is for configuration that cannot work, such as a CA file that
-// cannot be read (EX_CONFIG, shared with ExitLimitMismatch).
-const ExitConfig = 78
-
 // ExitStatus maps the outcome of Run onto the status `ct-supervise run`
 // exits with: the child's own status when it ran to completion under the
 // lock, otherwise the code for the error.

@@ -139,15 +139,6 @@ type Options struct {
 	// before the command starts. It must return quickly: the worker uses it
 	// to tell "waiting for the lock" from "running" in status.
 	OnAcquired func()
-
-	// OnSession, if not nil, is called with the session ID as soon as the
-	// session exists, before waiting for the lock. It must return quickly.
-	OnSession func(id string)
-
-	// OnStarted, if not nil, is called with the child's pid (which is also
-	// its process group ID) as soon as it has started. It must return
-	// quickly.
-	OnStarted func(pid int)
 }
 
 // Result reports what happened. It is meaningful even when Run returns an

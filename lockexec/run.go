@@ -69,9 +69,6 @@ func (r *Runner) Run(ctx context.Context, opts Options) (res Result, err error) 
 		return res, err
 	}
 	res.Session = rn.session
-	if rn.opts.OnSession != nil {
-		rn.opts.OnSession(rn.session)
-	}
 	defer func() {
 		if ferr := rn.finish(); ferr != nil && err == nil {
 			err = ferr
@@ -338,9 +335,6 @@ func (rn *run) runChild(ctx context.Context, lost <-chan struct{}, res *Result) 
 	}
 	started := time.Now()
 	res.Started = true
-	if o.OnStarted != nil {
-		o.OnStarted(c.pid())
-	}
 	rn.log.Debug("command started", "pid", c.pid(), "command", o.argv())
 
 	var timeout <-chan time.Time
