@@ -63,6 +63,17 @@ var (
 	// terminated.
 	ErrTimeout = errors.New("command exceeded its -timeout")
 
+	// ErrPermissionDenied means Consul's ACLs refused a request (403): the
+	// token may not write the lock's keys or create sessions.
+	ErrPermissionDenied = errors.New("permission denied by Consul")
+
+	// ErrCommandNotFound means the command does not exist; nothing ran.
+	ErrCommandNotFound = errors.New("command not found")
+
+	// ErrCommandNotExecutable means the command exists but cannot be
+	// executed (no permission, not a program); nothing ran.
+	ErrCommandNotExecutable = errors.New("command not executable")
+
 	// ErrInterrupted means a signal or a cancelled context stopped the run,
 	// before or while the command ran.
 	ErrInterrupted = errors.New("interrupted")
@@ -99,7 +110,11 @@ type Options struct {
 
 	// LockDelay is the session's lock-delay, applied by Consul only when a
 	// session is invalidated while holding the lock (never on a clean
-	// release). Zero means Consul's default (15s).
+	// release). Zero means DefaultLockDelay, Consul's default. The fence
+	// stops the command before it runs out; semaphore contenders wait as
+	// long before reusing a vanished holder's slot, so every holder on a
+	// prefix must use the same one. It must leave the fence room: see
+	// fence.go.
 	LockDelay time.Duration
 
 	// Command is the command line. With Shell it is joined with spaces and
@@ -134,6 +149,12 @@ type Options struct {
 
 	// Logger receives our own log lines. Nil discards them.
 	Logger hclog.Logger
+
+	// OnSession, if not nil, is called with the session ID as soon as the session exists, before waiting.
+	OnSession func(id string)
+
+	// OnStarted, if not nil, is called with the child's pid (also its process group ID) once it started.
+	OnStarted func(pid int)
 
 	// OnAcquired, if not nil, is called once the lock or slot is held, just
 	// before the command starts. It must return quickly: the worker uses it

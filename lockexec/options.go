@@ -15,12 +15,22 @@ const (
 	maxSessionTTL = 24 * time.Hour
 )
 
+// invalid is an error wrapping ErrInvalidOptions.
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidOptions, fmt.Sprintf(format, args...))
+}
+
 // validate reports the first problem with opts as an error wrapping
 // ErrInvalidOptions. It never talks to Consul.
 func (o *Options) validate() error {
-	invalid := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrInvalidOptions, fmt.Sprintf(format, args...))
+	if err := o.validateLock(); err != nil {
+		return err
 	}
+	return o.validateCommand()
+}
+
+// validateLock checks what Acquire uses.
+func (o *Options) validateLock() error {
 	switch {
 	case o.Prefix == "":
 		return invalid("the lock prefix is required")
@@ -44,7 +54,6 @@ func (o *Options) validate() error {
 		{"monitor retry time", o.MonitorRetryTime},
 		{"session TTL", o.SessionTTL},
 		{"lock delay", o.LockDelay},
-		{"timeout", o.Timeout},
 		{"kill grace", o.KillGrace},
 	}
 	for _, d := range durations {
@@ -54,6 +63,29 @@ func (o *Options) validate() error {
 	}
 	if o.SessionTTL != 0 && (o.SessionTTL < minSessionTTL || o.SessionTTL > maxSessionTTL) {
 		return invalid("the session TTL must be between %s and %s, got %s", minSessionTTL, maxSessionTTL, o.SessionTTL)
+	}
+	if slack := fenceSlack(o.LockDelay, o.killGrace()); slack < minFenceSlack {
+		return invalid("the lock delay %s is too short to stop the command in time: it must exceed the kill grace (at most %s) by at least %s",
+			o.LockDelay, maxFenceKillGrace, fenceMargin+minFenceSlack)
+	}
+	return nil
+}
+
+// killGrace is KillGrace or its default.
+func (o *Options) killGrace() time.Duration {
+	if o.KillGrace == 0 {
+		return DefaultKillGrace
+	}
+	return o.KillGrace
+}
+
+// validateCommand checks what RunCommand uses.
+func (o *Options) validateCommand() error {
+	if o.Timeout < 0 {
+		return invalid("the timeout must not be negative, got %s", o.Timeout)
+	}
+	if o.KillGrace < 0 {
+		return invalid("the kill grace must not be negative, got %s", o.KillGrace)
 	}
 	if len(o.Command) == 0 {
 		return invalid("a command is required")
