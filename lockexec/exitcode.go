@@ -19,6 +19,11 @@ const (
 	ExitInterrupted       = 130 // interrupted by a signal before the command finished
 )
 
+// ExitConfig is for configuration that cannot work other than a limit
+// mismatch, such as Consul settings naming a CA file that cannot be read
+// (EX_CONFIG, the same status as ExitLimitMismatch).
+const ExitConfig = 78
+
 // ExitStatus maps the outcome of Run onto the status `ct-supervise run`
 // exits with: the child's own status when it ran to completion under the
 // lock, otherwise the code for the error.
