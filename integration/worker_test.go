@@ -244,16 +244,22 @@ func TestWorkerStopGrace(t *testing.T) {
 	}
 }
 
-// processGone reports whether pid has exited (a zombie waiting for init
-// counts as gone).
-func processGone(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
+// groupRunning reports whether any process of group pgid has not exited
+// (zombies waiting for init to reap them do not count).
+func groupRunning(pgid int) bool {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" {
+			return true
+		}
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return len(f) > 0 && f[0] == "Z"
+	return false
 }
 
 // A worker killed mid-action (SIGKILL): the next worker stops the command it
@@ -294,8 +300,10 @@ func TestWorkerKilledMidActionIsReclaimedFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the worker to die", func() bool { return n.workerPID() == 0 })
-	if processGone(orphan) {
-		t.Fatal("the command died with its worker; this test needs it to outlive it")
+	// The parent-death signal kills the command's first process with the
+	// worker; the sleep it started lives on in its process group.
+	if !groupRunning(orphan) {
+		t.Fatal("nothing of the command outlived its worker; this test needs something to")
 	}
 	if err := os.WriteFile(quick, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -306,8 +314,8 @@ func TestWorkerKilledMidActionIsReclaimedFast(t *testing.T) {
 	waitFor(t, 30*time.Second, "the interrupted action to run again", func() bool { return len(lines(ledger)) == 2 })
 	took := time.Since(started)
 	t.Logf("from the next worker's start to the rerun: %s (target for the lock: 5s)", took.Round(time.Millisecond))
-	if !processGone(orphan) {
-		t.Fatalf("the dead worker's command %d still runs beside the rerun", orphan)
+	if groupRunning(orphan) {
+		t.Fatalf("what the dead worker's command left (process group %d) still runs beside the rerun", orphan)
 	}
 	// The target is 5s; the slack is for a loaded machine. Waiting for
 	// the session TTL and lock-delay took about 45s.

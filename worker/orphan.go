@@ -103,31 +103,41 @@ func (w *worker) reclaim(ctx context.Context, o orphan) {
 	log.Info("gave back the dead worker's lock", "prefix", o.prefix, "session", o.session)
 }
 
-// stopOrphan stops the process group led by pid if pid still names the
-// process that started at start (clock ticks since boot): SIGTERM, then
-// SIGKILL after orphanTermGrace. nil means the command is gone.
+// stopOrphan stops what is left of the process group led by pid, the
+// command a dead worker started at start (clock ticks since boot): SIGTERM,
+// then SIGKILL after orphanTermGrace. nil means the command is gone.
+//
+// It never signals anyone else's processes. While pid runs, it is ours
+// only if its start time matches. Once pid has exited (the parent-death
+// signal kills it with its worker), a group that still answers to pid
+// holds only what our command left behind: Linux hands out no pid that is
+// still in use as a process group ID, so no newcomer can lead or join such
+// a group.
 func stopOrphan(log hclog.Logger, pid int, start uint64) error {
 	if pid <= 0 {
 		return nil // the command never started
 	}
 	now, err := processStartTime(pid)
-	if errors.Is(err, os.ErrNotExist) || (err == nil && now != start) {
-		return nil // gone, or the pid now names another process
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if groupGone(pid, 0) {
+			return nil
+		}
+	case err != nil:
 		return err
-	}
-	if start == 0 {
+	case now != start:
+		return nil // the pid now names another process
+	case start == 0:
 		return fmt.Errorf("pid %d is running, but its start time was not recorded", pid)
 	}
-	log.Warn("stopping the command the dead worker left running", "pid", pid)
+	log.Warn("stopping the command the dead worker left running", "pgid", pid)
 	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return err
 	}
 	if groupGone(pid, orphanTermGrace) {
 		return nil
 	}
-	log.Warn("the command did not stop on SIGTERM; killing it", "pid", pid, "grace", orphanTermGrace)
+	log.Warn("the command did not stop on SIGTERM; killing it", "pgid", pid, "grace", orphanTermGrace)
 	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return err
 	}

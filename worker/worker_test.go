@@ -7,11 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"ct-supervise/lockexec"
 	"ct-supervise/plugin"
@@ -530,5 +533,27 @@ func TestRecoverLeavesUnnamedCommandsLockAlone(t *testing.T) {
 	}
 	if len(f.reclaims) != 1 || !strings.Contains(f.reclaims[0], "dead-waiting") {
 		t.Fatalf("reclaims = %v, want only the session that never held the lock", f.reclaims)
+	}
+}
+
+// Once the command's first process is gone (the parent-death signal kills
+// it with its worker), what it left in its process group is stopped.
+func TestStopOrphanStopsLeftoversOfADeadLeader(t *testing.T) {
+	sh := exec.Command("/bin/sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!")
+	sh.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := sh.Output() // reaps the leader: only the sleep is left
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(left, syscall.SIGKILL) })
+	if err := stopOrphan(hclog.NewNullLogger(), sh.Process.Pid, 12345); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := procStat(left); err == nil && f[0] != "Z" {
+		t.Fatalf("the leftover %d of the dead command still runs (state %s)", left, f[0])
 	}
 }
