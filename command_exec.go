@@ -51,9 +51,14 @@ func (c *CLI) execCommand(args []string) int {
 	}
 	log := newLogger(cmd, *verbose, c.stderr)
 	store, err := openStore(*stateDir)
+	if errors.Is(err, state.ErrNoDefaultStateDir) && !*wait {
+		// consul-template logs this line; failing would stop it.
+		return c.errorf(cmd, ExitOK, "%v; nothing queued", err)
+	}
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
+	defer store.Close()
 	// consul-template gives its commands its Consul settings, and its
 	// plugins not: record them for the workers, register's included.
 	if _, err := worker.RecordConsulSettings(store, os.Environ()); err != nil {

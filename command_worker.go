@@ -7,19 +7,92 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"ct-supervise/lockexec"
+	"ct-supervise/state"
 	"ct-supervise/worker"
 )
 
-// WorkerLogFile is the worker's log in the state directory. A worker that
-// starts with the log over WorkerLogMaxBytes moves it to WorkerLogFile+".1"
-// (replacing the previous one), so the log never grows without bound.
+// WorkerLogFile is the worker's log in the state directory. A write that
+// would take it past WorkerLogMaxBytes first moves it to WorkerLogFile+".1"
+// (replacing the previous one), so the two never hold more than twice that.
 const (
 	WorkerLogFile     = "worker.log"
 	WorkerLogMaxBytes = 10 << 20
 )
+
+// workerLog is the worker's log file, rotated by size as it is written,
+// and only while this process holds the worker's instance lock: a worker
+// starting while another runs must not move the running one's log away,
+// and two holders never exist at once.
+type workerLog struct {
+	store   *state.Store
+	holding func() bool // whether we hold the worker's instance lock
+	max     int64       // WorkerLogMaxBytes, smaller in tests
+
+	mu   sync.Mutex
+	f    *os.File
+	size int64
+	held bool // holding() was true once: f was reopened then
+}
+
+// openWorkerLog opens the log for appending, creating it (0600).
+func openWorkerLog(store *state.Store, holding func() bool) (*workerLog, error) {
+	l := &workerLog{store: store, holding: holding, max: WorkerLogMaxBytes}
+	if err := l.reopen(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *workerLog) reopen() error {
+	f, err := l.store.OpenFile(WorkerLogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	if l.f != nil {
+		l.f.Close()
+	}
+	l.f, l.size = f, fi.Size()
+	return nil
+}
+
+// Write appends p, rotating first when p would take the log past its cap.
+// A log that cannot be rotated is still written: losing lines is worse.
+func (l *workerLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.size+int64(len(p)) > l.max && l.size > 0 && l.holding() {
+		if !l.held {
+			// Until now another worker may have rotated the file we have
+			// open: size and rotate the current one.
+			l.held = true
+			_ = l.reopen()
+		}
+		if l.size+int64(len(p)) > l.max && l.size > 0 {
+			if err := l.store.Rename(WorkerLogFile, WorkerLogFile+".1"); err == nil {
+				_ = l.reopen()
+			}
+		}
+	}
+	n, err := l.f.Write(p)
+	l.size += int64(n)
+	return n, err
+}
+
+// Close closes the log file.
+func (l *workerLog) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Close()
+}
 
 const workerUsage = `Usage: ct-supervise worker [flags]
 
@@ -69,15 +142,11 @@ func (c *CLI) workerCommand(args []string) int {
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
-	logPath := store.Path(WorkerLogFile)
-	// Rotate only when no worker writes to the log: a worker racing another
-	// one to start must not move the winner's log from under it.
-	if pid, _ := worker.RunningPID(store.Path(worker.LockFile)); pid == 0 {
-		if fi, err := os.Stat(logPath); err == nil && fi.Size() > WorkerLogMaxBytes {
-			_ = os.Rename(logPath, logPath+".1")
-		}
-	}
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	defer store.Close()
+	logFile, err := openWorkerLog(store, func() bool {
+		pid, _ := worker.RunningPID(store)
+		return pid == os.Getpid()
+	})
 	if err != nil {
 		return c.errorf(cmd, ExitError, "opening the log: %v", err)
 	}

@@ -76,7 +76,15 @@ type ctNode struct {
 func startConsulTemplate(t *testing.T, name string, tmpls []ctTemplate, once bool) *ctNode {
 	t.Helper()
 	needConsulTemplate(t)
-	n := newNode(t, name) // registers the worker's stop first, so it runs last
+	return startConsulTemplateOn(t, newNode(t, name), tmpls, once)
+}
+
+// startConsulTemplateOn is startConsulTemplate on an existing node, which
+// must have been made by the same test (newNode registers the worker's
+// stop first, so that it runs last).
+func startConsulTemplateOn(t *testing.T, n *node, tmpls []ctTemplate, once bool) *ctNode {
+	t.Helper()
+	needConsulTemplate(t)
 	p := &ctNode{node: n, dir: t.TempDir(), done: make(chan struct{})}
 	p.logPath = filepath.Join(p.dir, "consul-template.log")
 
@@ -85,7 +93,7 @@ func startConsulTemplate(t *testing.T, name string, tmpls []ctTemplate, once boo
 	// test needs to tell a missed render from a missed run.
 	// consul-template's own kill signal is SIGINT; SIGTERM it would only
 	// pass on to an exec child, so stop would never stop it.
-	fmt.Fprintf(&cfg, "log_level   = \"debug\"\nkill_signal = \"SIGTERM\"\n\nconsul {\n  address = %q\n}\n", agent.Addr())
+	fmt.Fprintf(&cfg, "log_level   = \"debug\"\nkill_signal = \"SIGTERM\"\n\nconsul {\n  address = %q\n}\n", n.addr)
 	for _, tm := range tmpls {
 		src := filepath.Join(p.dir, tm.name+".ctmpl")
 		if err := os.WriteFile(src, []byte(tm.body), 0o600); err != nil {
@@ -127,7 +135,7 @@ func startConsulTemplate(t *testing.T, name string, tmpls []ctTemplate, once boo
 	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting consul-template for %s: %v", name, err)
+		t.Fatalf("starting consul-template for %s: %v", n.name, err)
 	}
 	go func() {
 		p.waitErr = p.cmd.Wait()
@@ -137,7 +145,7 @@ func startConsulTemplate(t *testing.T, name string, tmpls []ctTemplate, once boo
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {
-			t.Logf("consul-template log of %s:\n%s", name, tail(p.log(), ctLogTail))
+			t.Logf("consul-template log of %s:\n%s", n.name, tail(p.log(), ctLogTail))
 		}
 	})
 	return p
@@ -258,7 +266,7 @@ func (f *fleet) idle() bool {
 // the worker lock, as ct-supervise itself does, rather than signalling the
 // pid: an exited worker is a zombie until init reaps it.
 func (p *ctNode) busy() bool {
-	pid, err := worker.RunningPID(filepath.Join(p.stateDir, worker.LockFile))
+	pid, err := worker.RunningPIDIn(p.stateDir)
 	return err != nil || pid != 0
 }
 

@@ -30,10 +30,7 @@ func (n *node) status() map[string]any {
 // would, and returns its release function.
 func holdLock(t *testing.T, prefix string) func() {
 	t.Helper()
-	client, err := agent.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := consulClient(t)
 	l, err := client.LockOpts(&api.LockOptions{Key: prefix + "/.lock", SessionName: "test holder"})
 	if err != nil {
 		t.Fatal(err)

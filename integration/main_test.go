@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"ct-supervise/internal/devconsul"
 	"ct-supervise/worker"
 )
@@ -63,25 +65,46 @@ func needConsul(t *testing.T) {
 	}
 }
 
-// node is one simulated machine: its own state directory, sharing the
-// package's Consul agent.
+// consulClient returns a client for the package's agent, skipping (outside
+// CI only) as needConsul does when there is none: a test may talk to Consul
+// before it starts any node.
+func consulClient(t *testing.T) *api.Client {
+	t.Helper()
+	needConsul(t)
+	client, err := agent.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
+// node is one simulated machine: its own state directory, talking to the
+// package's Consul agent or, in the fault tests, to its own agent of a
+// cluster.
 type node struct {
 	t        *testing.T
 	name     string
 	stateDir string
+	addr     string // the Consul agent's HTTP address
 	env      []string
 }
 
 func newNode(t *testing.T, name string) *node {
 	t.Helper()
 	needConsul(t)
+	return newNodeOn(t, name, agent.Addr())
+}
+
+// newNodeOn is newNode for a node whose Consul agent is at addr.
+func newNodeOn(t *testing.T, name, addr string) *node {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), name)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	n := &node{t: t, name: name, stateDir: dir}
+	n := &node{t: t, name: name, stateDir: dir, addr: addr}
 	n.env = append(os.Environ(),
-		"CONSUL_HTTP_ADDR="+agent.Addr(),
+		"CONSUL_HTTP_ADDR="+addr,
 		"CT_SUPERVISE_STATE_DIR="+dir,
 		"CT_SUPERVISE_NODE="+name,
 		// The race-enabled binary otherwise sleeps a second at every exit.
@@ -133,7 +156,7 @@ func (n *node) mustRun(args ...string) result {
 // worker's lock, not the process table: a dead worker may linger as a
 // zombie until init reaps it, but its lock is gone.
 func (n *node) workerPID() int {
-	pid, err := worker.RunningPID(filepath.Join(n.stateDir, worker.LockFile))
+	pid, err := worker.RunningPIDIn(n.stateDir)
 	if err != nil {
 		n.t.Errorf("worker of %s: %v", n.name, err)
 	}

@@ -15,10 +15,7 @@ import (
 // sessionsNamed lists the Consul sessions whose name starts with prefix.
 func sessionsNamed(t *testing.T, prefix string) []string {
 	t.Helper()
-	client, err := agent.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := consulClient(t)
 	all, _, err := client.Session().List(nil)
 	if err != nil {
 		t.Fatal(err)

@@ -61,7 +61,7 @@ var (
 
 	// ErrTimeout means the command ran longer than Options.Timeout and was
 	// terminated.
-	ErrTimeout = errors.New("command exceeded its -timeout")
+	ErrTimeout = errors.New("command exceeded its -command-timeout")
 
 	// ErrPermissionDenied means Consul's ACLs refused a request (403): the
 	// token may not write the lock's keys or create sessions.
@@ -117,9 +117,11 @@ type Options struct {
 	// fence.go.
 	LockDelay time.Duration
 
-	// Command is the command line. With Shell it is joined with spaces and
-	// run by /bin/sh -c; without, a single element is split on white space
-	// and the first word is executed directly. Required.
+	// Command is a command line (one element) or an argument vector
+	// (several). A command line is run by /bin/sh -c with Shell, and
+	// split on white space without. An argument vector runs exactly as
+	// given: directly, or with Shell as a script of its elements each
+	// quoted. Required.
 	Command []string
 
 	// Shell runs Command through /bin/sh -c.
@@ -150,16 +152,19 @@ type Options struct {
 	// Logger receives our own log lines. Nil discards them.
 	Logger hclog.Logger
 
-	// OnSession, if not nil, is called with the session ID as soon as the session exists, before waiting.
-	OnSession func(id string)
-
-	// OnStarted, if not nil, is called with the child's pid (also its process group ID) once it started.
-	OnStarted func(pid int)
-
 	// OnAcquired, if not nil, is called once the lock or slot is held, just
 	// before the command starts. It must return quickly: the worker uses it
 	// to tell "waiting for the lock" from "running" in status.
 	OnAcquired func()
+
+	// OnSession, if not nil, is called with the session ID as soon as the
+	// session exists, before waiting for the lock. It must return quickly.
+	OnSession func(id string)
+
+	// OnStarted, if not nil, is called with the child's pid (which is also
+	// its process group ID) as soon as it has started. It must return
+	// quickly.
+	OnStarted func(pid int)
 }
 
 // Result reports what happened. It is meaningful even when Run returns an

@@ -50,6 +50,12 @@ type WorkerFailure struct {
 type DeclError struct {
 	Message string    `json:"message"`
 	At      time.Time `json:"at"`
+
+	// Reported is set once exec has repeated the warning into
+	// consul-template's log, and cleared when the rejection is seen again.
+	// A rejection with no name cannot be matched to the good declaration
+	// that replaces it: the next good registration after a report clears it.
+	Reported bool `json:"reported,omitempty"`
 }
 
 // Action is one declared action and its place in the queue.

@@ -33,7 +33,7 @@ var ErrWorkerFailing = errors.New("the worker failed at start")
 // Two exec calls may both find no worker and start one each; the second
 // finds the lock taken and exits at once.
 func Start(store *state.Store, exe string, args []string) error {
-	pid, err := RunningPID(store.Path(LockFile))
+	pid, err := RunningPID(store)
 	if err != nil || pid != 0 {
 		return err
 	}

@@ -137,7 +137,7 @@ func Run(ctx context.Context, opts Options) error {
 		return errors.New("worker: Store and Runner are required")
 	}
 	opts = opts.withDefaults()
-	lock, err := acquireInstanceLock(ctx, opts.Store.Path(LockFile), opts.WaitForLock)
+	lock, err := acquireInstanceLock(ctx, opts.Store, opts.WaitForLock)
 	if errors.Is(err, context.Canceled) {
 		return nil // stopped while waiting for the other worker
 	}

@@ -404,7 +404,7 @@ func TestInstanceLockReleasedUnderStateLock(t *testing.T) {
 	if len(stateLocked) == 0 || !stateLocked[0] {
 		t.Fatalf("the worker let go of its instance lock without holding the state lock (%v)", stateLocked)
 	}
-	if pid, _ := RunningPID(s.Path(LockFile)); pid != 0 {
+	if pid, _ := RunningPID(s); pid != 0 {
 		t.Fatalf("the instance lock is still held (pid %d) after Run returned", pid)
 	}
 }
