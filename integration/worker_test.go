@@ -514,3 +514,55 @@ func TestWorkerUsesConsulTemplateSettings(t *testing.T) {
 		t.Errorf("the recorded settings: %v %v, want mode 0600", fi, err)
 	}
 }
+
+// SIGTERM stops every track: an action waiting for its lock at once, a
+// running one after the stop grace. Both stay queued, no lock is held and
+// no session is left.
+func TestWorkerStopStopsEveryTrack(t *testing.T) {
+	client, err := agent.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNode(t, "node1")
+	n.logOnFailure()
+	ledger := filepath.Join(t.TempDir(), "ledger")
+	base := "everytrack/" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	n.mustRun("register", "-name=blocked", "-prefix="+base+"/blocked", "echo blocked >> "+ledger)
+	n.mustRun("register", "-name=long", "-prefix="+base+"/long", fmt.Sprintf("echo long >> %s; sleep 60", ledger))
+	holdLock(t, base+"/blocked")
+	w, exited := n.startForegroundWorker("-stop-grace=500ms")
+	n.mustRun("exec")
+	waitFor(t, 20*time.Second, "long to run and blocked to wait", func() bool {
+		st := n.actionStates()
+		return st["long"] == "running" && st["blocked"] == "waiting"
+	})
+	if err := w.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("worker on SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker did not stop within 30s of SIGTERM")
+	}
+	if got := n.actionStates(); got["long"] != "queued" || got["blocked"] != "queued" {
+		t.Errorf("states after the stop = %v, want both queued", got)
+	}
+	if got := lines(ledger); len(got) != 1 || got[0] != "long" {
+		t.Errorf("ledger %v, want only long's start", got)
+	}
+	sessions, _, err := client.Session().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sessions {
+		if s.Name == "ct-supervise long" || s.Name == "ct-supervise blocked" {
+			t.Errorf("session %s (%s) left behind", s.ID, s.Name)
+		}
+	}
+	if p, _, err := client.KV().Get(base+"/long/.lock", nil); err != nil || (p != nil && p.Session != "") {
+		t.Errorf("long's lock is still held: %+v %v", p, err)
+	}
+}
