@@ -502,6 +502,8 @@ func TestSubcommandBadInput(t *testing.T) {
 		want string
 	}{
 		{"worker argument", []string{"worker", "now"}, lockexec.ExitUsage, `unexpected argument "now"`},
+		{"worker no tracks", []string{"worker", "-max-parallel=0"}, lockexec.ExitUsage, "-max-parallel must be at least 1, got 0"},
+		{"worker negative grace", []string{"worker", "-stop-grace=-1s"}, lockexec.ExitUsage, "-stop-grace must not be negative, got -1s"},
 		{"status two names", []string{"status", "-state-dir=" + t.TempDir(), "a", "b"}, lockexec.ExitUsage, `unexpected argument "b"`},
 		{"status unknown name", []string{"status", "-state-dir=" + t.TempDir(), "nginx"}, ExitError, `no action nginx is declared in`},
 		{"status symlinked dir", []string{"status", "-state-dir=" + symlinked}, ExitError, "a symbolic link"},
