@@ -572,3 +572,24 @@ func TestEditDistance(t *testing.T) {
 		}
 	}
 }
+
+// Consul settings that make no client, such as a CA file that cannot be
+// read, are a configuration error: exit 78 naming the file, no usage hint,
+// and a worker records why it could not start for status.
+func TestBadCAFileIsAConfigError(t *testing.T) {
+	t.Setenv("CONSUL_CACERT", "/nonexistent/ca.pem")
+	dir := filepath.Join(t.TempDir(), "state")
+	for _, args := range [][]string{
+		{"run", "-http-addr=127.0.0.1:1", "true"},
+		{"worker", "-state-dir=" + dir},
+	} {
+		_, stderr, code := runCLI(args...)
+		if code != lockexec.ExitConfig || !strings.Contains(stderr, "/nonexistent/ca.pem") || strings.Contains(stderr, "-h' for usage") {
+			t.Errorf("%v: exit %d stderr %q, want %d naming the CA file and no usage hint", args, code, stderr, lockexec.ExitConfig)
+		}
+	}
+	stdout, stderr, code := runCLI("status", "-state-dir="+dir, "-json")
+	if code != 0 || !strings.Contains(stdout, `"worker_failure"`) || !strings.Contains(stdout, "/nonexistent/ca.pem") {
+		t.Fatalf("status -json: exit %d stderr %q, want the worker's failure:\n%s", code, stderr, stdout)
+	}
+}
