@@ -194,6 +194,7 @@ func (n *node) startForegroundWorker(args ...string) (*exec.Cmd, chan error) {
 // command is stopped and the action stays queued. Either way the lock is
 // given back.
 func TestWorkerStopGrace(t *testing.T) {
+	needConsul(t)
 	client, err := agent.Client()
 	if err != nil {
 		t.Fatal(err)
@@ -519,6 +520,7 @@ func TestWorkerUsesConsulTemplateSettings(t *testing.T) {
 // running one after the stop grace. Both stay queued, no lock is held and
 // no session is left.
 func TestWorkerStopStopsEveryTrack(t *testing.T) {
+	needConsul(t)
 	client, err := agent.Client()
 	if err != nil {
 		t.Fatal(err)
