@@ -47,8 +47,8 @@ func TestIndependentActionDoesNotWait(t *testing.T) {
 	took := time.Since(queued)
 	t.Logf("b ran %s after exec a b, a's lock being held elsewhere (target: within 1s)", took.Round(time.Millisecond))
 	// Generous for a loaded 2-core machine; one action at a time made b
-	// wait for as long as a's lock was held.
-	if took > 5*time.Second {
+	// wait for as long as a's lock was held (here: until the test ends).
+	if took > 10*time.Second {
 		t.Errorf("b ran %s after exec, want within a few seconds", took)
 	}
 	if got := n.actionStates(); got["a"] != "waiting" || got["b"] != "idle" {
