@@ -594,3 +594,21 @@ func TestBadCAFileIsAConfigError(t *testing.T) {
 		t.Fatalf("status -json: exit %d stderr %q, want the worker's failure:\n%s", code, stderr, stdout)
 	}
 }
+
+// A worker that cannot open its log records why for status.
+func TestWorkerWithoutItsLogSaysWhy(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if _, _, code := runCLI("register", "-state-dir="+dir, "-name=x", "true"); code != 0 {
+		t.Fatal("register failed")
+	}
+	if err := os.Mkdir(filepath.Join(dir, WorkerLogFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := runCLI("worker", "-state-dir="+dir); code != ExitError || !strings.Contains(stderr, "opening the log") {
+		t.Fatalf("worker: exit %d stderr %q, want %d and the log named", code, stderr, ExitError)
+	}
+	stdout, _, code := runCLI("status", "-state-dir="+dir, "-json")
+	if code != 0 || !strings.Contains(stdout, `"worker_failure"`) || !strings.Contains(stdout, "opening the log") {
+		t.Fatalf("status -json (exit %d) does not show why the worker failed:\n%s", code, stdout)
+	}
+}
