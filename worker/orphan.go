@@ -125,10 +125,11 @@ func stopOrphan(log hclog.Logger, pid int, start uint64) error {
 		}
 	case err != nil:
 		return err
+	case start == 0:
+		// Whether it is ours cannot be told: leave its lock to expire.
+		return fmt.Errorf("pid %d is running, but its start time was not recorded", pid)
 	case now != start:
 		return nil // the pid now names another process
-	case start == 0:
-		return fmt.Errorf("pid %d is running, but its start time was not recorded", pid)
 	}
 	log.Warn("stopping the command the dead worker left running", "pgid", pid)
 	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
