@@ -26,9 +26,9 @@ const (
 // (a key of codeKeys) without the template's -allow-data-commands.
 var ErrDataCommand = errors.New("a command from data needs -allow-data-commands")
 
-// codeKeys are the JSON keys whose values are run: data may set them only
-// with -allow-data-commands.
-var codeKeys = []string{"command", "check"}
+// codeKeys are the JSON keys whose values are run, or that give what runs
+// a privilege: data may set them only with -allow-data-commands.
+var codeKeys = []string{"command", "check", "pass_token"}
 
 // dataCommandError is the error for data that sets a code key: it wraps
 // both ErrInvalidDeclaration and ErrDataCommand.
