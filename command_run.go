@@ -78,13 +78,13 @@ func (c *CLI) runCommand(args []string) int {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	name, err := action.ResolveNode(ctx, client, *node)
+	opts := d.ActionOptions()
+	name, err := action.ResolveNode(ctx, client, *node, opts.NeedsAgentNode())
 	if err != nil {
 		err = lockexec.ClassifyConsulError(err)
 		return c.errorf(cmd, exitcode.Of(lockexec.Result{}, err), "%v (or give -node NAME)", err)
 	}
 
-	opts := d.ActionOptions()
 	opts.Node = name
 	opts.Fleet = fleet.New(client, d.Prefix)
 	opts.Logger = log

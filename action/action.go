@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"time"
 
@@ -317,9 +318,25 @@ const NodeEnv = "CT_SUPERVISE_NODE"
 
 // ResolveNode returns this node's name: override if not empty (-node, or
 // $CT_SUPERVISE_NODE read by the caller), else the local agent's node name.
-func ResolveNode(ctx context.Context, client *api.Client, override string) (string, error) {
+// When the agent cannot tell it (a token without agent:read) and the
+// action does not query health (see NeedsAgentNode), the host name names
+// the node in the fleet's records instead: a lock-only action must not
+// need more ACLs than before.
+func ResolveNode(ctx context.Context, client *api.Client, override string, needAgent bool) (string, error) {
 	if override = strings.TrimSpace(override); override != "" {
 		return override, nil
 	}
-	return health.LocalNode(ctx, client)
+	name, err := health.LocalNode(ctx, client)
+	if err != nil && !needAgent {
+		if host, herr := os.Hostname(); herr == nil && host != "" {
+			return host, nil
+		}
+	}
+	return name, err
+}
+
+// NeedsAgentNode reports whether the action queries this node's health
+// or services, so that its node name must be Consul's.
+func (o Options) NeedsAgentNode() bool {
+	return len(o.WaitHealthy) > 0 || o.Maint != "" || len(o.UnlessCritical) > 0
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	fleetkv "ct-supervise/fleet"
+	"ct-supervise/internal/shell"
 )
 
 // Fleet control through the worker: halts, pause, blockers and the rollout
@@ -58,7 +59,7 @@ func TestConsulTemplateHaltOnFailure(t *testing.T) {
 	tmpl := ctTemplate{
 		name: "upstreams",
 		body: fmt.Sprintf("{{ plugin \"ct-supervise\" \"register\" \"-n=1\" \"-name=%s\" \"-version=v1\" %q }}\nvalue={{ key %q }}\n",
-			name, fmt.Sprintf("sh %s %s %s", shellQuote(script), shellQuote(ledger), shellQuote(dir)), key),
+			name, fmt.Sprintf("sh %s %s %s", shell.Quote(script), shell.Quote(ledger), shell.Quote(dir)), key),
 		command: "ct-supervise exec",
 	}
 	f := &fleet{t: t, ledger: ledger}

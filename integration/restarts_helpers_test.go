@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"ct-supervise/internal/shell"
 )
 
 // This file is the safe-restart harness: small HTTP services that the test
@@ -79,7 +81,7 @@ func (s *testService) serve(w http.ResponseWriter, _ *http.Request) {
 
 // restartCommand is the service's restart: it returns at once.
 func (s *testService) restartCommand() string {
-	return "date +%s%N >> " + shellQuote(s.restarts)
+	return "date +%s%N >> " + shell.Quote(s.restarts)
 }
 
 // downs returns the intervals the service was down, one per restart.

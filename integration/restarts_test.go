@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"ct-supervise/internal/shell"
 )
 
 // A rolling restart with -n 1 over four nodes whose restart returns at once
@@ -168,7 +170,7 @@ func TestMaintenanceAroundTheCommand(t *testing.T) {
 		return ok && c.Status == api.HealthCritical
 	}
 	// The command records what Consul says while it runs.
-	cmd := "consul maint > " + shellQuote(seen)
+	cmd := "consul maint > " + shell.Quote(seen)
 	r := n.run("run", "-node="+agentName, "-maint="+s.name, "-drain=500ms", "-name=maint", cmd)
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)

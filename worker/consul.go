@@ -253,8 +253,10 @@ func (r *ConsulRunner) SetNode(name string, log hclog.Logger) {
 	}
 }
 
-// nodeName is this node's name on the current client.
-func (r *ConsulRunner) nodeName(ctx context.Context) (*actionpkg.Pipeline, *api.Client, string, error) {
+// nodeName is this node's name on the current client (see
+// action.ResolveNode; needAgent says the action queries health). Only a
+// name the agent or -node gave is kept for the next run.
+func (r *ConsulRunner) nodeName(ctx context.Context, needAgent bool) (*actionpkg.Pipeline, *api.Client, string, error) {
 	if _, _, err := r.current(); err != nil {
 		return nil, nil, "", err
 	}
@@ -264,9 +266,16 @@ func (r *ConsulRunner) nodeName(ctx context.Context) (*actionpkg.Pipeline, *api.
 	if node != "" {
 		return pipeline, client, node, nil
 	}
-	node, err := actionpkg.ResolveNode(ctx, client, override)
+	node, err := actionpkg.ResolveNode(ctx, client, override, true)
 	if err != nil {
-		return nil, nil, "", lockexec.ClassifyConsulError(err)
+		if needAgent {
+			return nil, nil, "", lockexec.ClassifyConsulError(err)
+		}
+		node, err = actionpkg.ResolveNode(ctx, client, override, false)
+		if err != nil {
+			return nil, nil, "", lockexec.ClassifyConsulError(err)
+		}
+		return pipeline, client, node, nil
 	}
 	r.mu.Lock()
 	if r.client == client {
@@ -279,7 +288,7 @@ func (r *ConsulRunner) nodeName(ctx context.Context) (*actionpkg.Pipeline, *api.
 // Run implements Runner with the newest settings: the action pipeline,
 // with this node's name and the action's fleet records.
 func (r *ConsulRunner) Run(ctx context.Context, opts actionpkg.Options) (actionpkg.Result, error) {
-	pipeline, client, node, err := r.nodeName(ctx)
+	pipeline, client, node, err := r.nodeName(ctx, opts.NeedsAgentNode())
 	if err != nil {
 		return actionpkg.Result{Result: lockexec.Result{ExitCode: -1}}, err
 	}
@@ -291,7 +300,7 @@ func (r *ConsulRunner) Run(ctx context.Context, opts actionpkg.Options) (actionp
 // Publish implements Publisher: this node's record, held by the worker's
 // session.
 func (r *ConsulRunner) Publish(ctx context.Context, prefix string, rec fleet.Record) error {
-	_, client, node, err := r.nodeName(ctx)
+	_, client, node, err := r.nodeName(ctx, false)
 	if err != nil {
 		return err
 	}

@@ -111,9 +111,12 @@ func (rs *records) publish(ctx context.Context, client *api.Client, prefix strin
 		// Held by this node's idle session since the last worker exited:
 		// release it from there and try once more.
 		key := f.NodeKey(r.Node)
-		if idle, ierr := idleSession(ctx, client, r.Node, false); ierr == nil && idle != "" {
-			_, _, _ = client.KV().Release(&api.KVPair{Key: key, Session: idle}, (&api.WriteOptions{}).WithContext(ctx))
-			err = f.Publish(ctx, id, r)
+		q := (&api.QueryOptions{}).WithContext(ctx)
+		if pair, _, gerr := client.KV().Get(key, q); gerr == nil && pair != nil && pair.Session != "" {
+			if s, _, ierr := client.Session().Info(pair.Session, q); ierr == nil && s != nil && s.Name == idleSessionName(r.Node) {
+				_, _, _ = client.KV().Release(&api.KVPair{Key: key, Session: s.ID}, (&api.WriteOptions{}).WithContext(ctx))
+				err = f.Publish(ctx, id, r)
+			}
 		}
 	}
 	if err == nil {
@@ -134,7 +137,7 @@ func (rs *records) close(node string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 	defer cancel()
-	idle, err := idleSession(ctx, rs.client, node, true)
+	idle, err := idleSession(ctx, rs.client, rs.id, node)
 	if err != nil {
 		rs.log.Warn("the rollout view will show this node as gone until its next action", "error", err)
 	}
@@ -161,15 +164,16 @@ func (rs *records) close(node string) {
 // idleSessionName names this node's idle session.
 func idleSessionName(node string) string { return "ct-supervise records " + node }
 
-// idleSession finds this node's idle session on the local agent's node,
-// making it if create is set and there is none. It has no TTL and only
-// the node's health check: it lasts while the agent does.
-func idleSession(ctx context.Context, client *api.Client, node string, create bool) (string, error) {
-	agentNode, err := client.Agent().NodeName()
-	if err != nil {
-		return "", fmt.Errorf("reading the agent's node name: %w", err)
+// idleSession finds this node's idle session on the agent's node (the
+// node of the worker session), making it if there is none. It has no TTL
+// and only the node's health check: it lasts while the agent does.
+func idleSession(ctx context.Context, client *api.Client, workerSession, node string) (string, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	own, _, err := client.Session().Info(workerSession, q)
+	if err != nil || own == nil {
+		return "", fmt.Errorf("reading the worker's session: %v", err)
 	}
-	list, _, err := client.Session().Node(agentNode, (&api.QueryOptions{}).WithContext(ctx))
+	list, _, err := client.Session().Node(own.Node, q)
 	if err != nil {
 		return "", fmt.Errorf("listing the node's sessions: %w", err)
 	}
@@ -177,9 +181,6 @@ func idleSession(ctx context.Context, client *api.Client, node string, create bo
 		if s.Name == idleSessionName(node) {
 			return s.ID, nil
 		}
-	}
-	if !create {
-		return "", nil
 	}
 	id, _, err := client.Session().Create(&api.SessionEntry{
 		Name:      idleSessionName(node),
