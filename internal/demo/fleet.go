@@ -43,6 +43,12 @@ type fleet struct {
 	pluginCall string // the template line declaring the action, for display
 	ledger     *ledger
 	nodes      []*ctNode
+
+	// nodeEnv, if not nil, adds to a node's environment.
+	nodeEnv func(name string) []string
+	// subdir, if not empty, keeps the nodes' files apart from another
+	// scenario's.
+	subdir string
 }
 
 // ctNode is one consul-template process with its own state directory, as
@@ -84,7 +90,13 @@ echo "$CT_SUPERVISE_DEMO_NODE end" >> %[1]s
 		f.pluginCall + "\n" +
 		"upstream app {\n  server {{ key \"" + upstreamKey + "\" }};\n}\n"
 
-	path := binDir + string(os.PathListSeparator) + os.Getenv("PATH")
+	return f.startNodes(count, tmpl)
+}
+
+// startNodes starts count nodes, node-1 to node-N, on tmpl, each with the
+// environment f.nodeEnv adds (if set).
+func (f *fleet) startNodes(count int, tmpl string) error {
+	path := filepath.Join(f.dir, "bin") + string(os.PathListSeparator) + os.Getenv("PATH")
 	for i := 1; i <= count; i++ {
 		n, err := f.startNode(fmt.Sprintf("node-%d", i), tmpl, path)
 		if err != nil {
@@ -96,7 +108,7 @@ echo "$CT_SUPERVISE_DEMO_NODE end" >> %[1]s
 }
 
 func (f *fleet) startNode(name, tmpl, path string) (*ctNode, error) {
-	n := &ctNode{name: name, dir: filepath.Join(f.dir, name), done: make(chan struct{})}
+	n := &ctNode{name: name, dir: filepath.Join(f.dir, f.subdir, name), done: make(chan struct{})}
 	n.stateDir = filepath.Join(n.dir, "state")
 	n.logPath = filepath.Join(n.dir, "consul-template.log")
 	// ct-supervise refuses a state directory others can write to.
@@ -137,6 +149,9 @@ template {
 		"CT_SUPERVISE_STATE_DIR="+n.stateDir,
 		"CT_SUPERVISE_DEMO_NODE="+name,
 	)
+	if f.nodeEnv != nil {
+		n.env = append(n.env, f.nodeEnv(name)...)
+	}
 	logFile, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening the log of %s: %w", name, err)

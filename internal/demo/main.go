@@ -126,6 +126,9 @@ type demo struct {
 	agent     *devconsul.Agent
 	client    *api.Client
 	fleet     *fleet
+
+	// reloadLedger is the file reload-app writes.
+	reloadLedger string
 }
 
 func (d *demo) printf(format string, a ...any) { fmt.Fprintf(d.out, format, a...) }
@@ -165,6 +168,7 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.fleet.start(d.cfg.nodes, d.cfg.limit); err != nil {
 		return err
 	}
+	d.reloadLedger = d.fleet.ledger.path
 	d.printf("%d consul-template nodes render %s with this line in their template:\n  %s\n", d.cfg.nodes, upstreamKey, d.fleet.pluginCall)
 
 	// The first render is a change too (there was no file before): every
@@ -201,6 +205,14 @@ func (d *demo) run(ctx context.Context) error {
 	verdict := d.judge(events, changed)
 
 	d.printStatus(ctx, "node-1")
+	if !d.cfg.hold && verdict == nil {
+		if err := d.safeRestart(ctx); err != nil {
+			return fmt.Errorf("safe restart: %w", err)
+		}
+		if err := d.badConfig(ctx); err != nil {
+			return fmt.Errorf("bad config: %w", err)
+		}
+	}
 	if !d.cfg.hold || verdict != nil {
 		d.printf("\nTo inspect the nodes while they run, start the demo with -hold (make demo DEMO_FLAGS=-hold)\n"+
 			"and, in another terminal:\n  CONSUL_HTTP_ADDR=<agent> CT_SUPERVISE_STATE_DIR=<demo dir>/node-N/state %s status\n",
