@@ -14,6 +14,8 @@
 //  2. exec: return time while another node (the benchmark) holds the lock.
 //  3. lock hand-off: from one holder's command exit to the next waiting
 //     holder's command start, ct-supervise run vs consul lock.
+//  3b. gate hand-off: from a -wait-healthy holder's check passing to the next
+//     waiting holder's command start.
 //  4. rolling overhead: 20 contenders with a 100 ms action, n=1 and n=5.
 //  5. scale: up to 200 contenders on one n=10 semaphore; the agent's HTTP
 //     request counters per completed action, and how they grow.
@@ -102,7 +104,7 @@ func quickParams() params {
 	return p
 }
 
-var allScenarios = []string{"register", "exec", "handoff", "rolling", "scale", "memory"}
+var allScenarios = []string{"register", "exec", "handoff", "gate", "rolling", "scale", "memory"}
 
 func main() {
 	os.Exit(realMain())
@@ -331,6 +333,7 @@ func (b *bench) runAll() (res *Results, err error) {
 		{"register", b.benchRegister},
 		{"exec", b.benchExec},
 		{"handoff", b.benchHandoff},
+		{"gate", b.benchGate},
 		{"rolling", b.benchRolling},
 		{"scale", b.benchScale},
 		{"memory", b.benchMemory},
