@@ -13,9 +13,9 @@
 //     runs a plugin, against a no-op Go binary started the same way.
 //  2. exec: return time while another node (the benchmark) holds the lock.
 //  3. lock hand-off: from one holder's command exit to the next waiting
-//     holder's command start, ct-supervise run vs consul lock.
-//  3b. gate hand-off: from a -wait-healthy holder's check passing to the next
-//     waiting holder's command start.
+//     holder's command start, ct-supervise run vs consul lock; and (3b) the
+//     gate hand-off: from a -wait-healthy holder's check passing to the
+//     next waiting holder's command start.
 //  4. rolling overhead: 20 contenders with a 100 ms action, n=1 and n=5.
 //  5. scale: up to 200 contenders on one n=10 semaphore; the agent's HTTP
 //     request counters per completed action, and how they grow.
