@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"ct-supervise/exitcode"
 	"ct-supervise/fleet"
 	"ct-supervise/lockexec"
 	"ct-supervise/plugin"
@@ -123,7 +124,7 @@ func operator() string {
 // maps to.
 func (c *CLI) consulFailure(cmd string, err error) int {
 	err = lockexec.ClassifyConsulError(err)
-	return c.errorf(cmd, lockexec.ExitStatus(lockexec.Result{}, err), "%v", err)
+	return c.errorf(cmd, exitcode.Of(lockexec.Result{}, err), "%v", err)
 }
 
 // pauseCommand is `ct-supervise pause`.
