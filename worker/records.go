@@ -28,6 +28,10 @@ const recordSessionTTL = "10s"
 // publishTimeout bounds one publication.
 const publishTimeout = 10 * time.Second
 
+// finalPublishTimeout bounds the publication of a run's result, which the
+// track waits for: with Consul away, the next run must not wait long.
+const finalPublishTimeout = 5 * time.Second
+
 // records holds this node's fleet records in Consul with two sessions:
 // the worker's own (a TTL session renewed while the worker runs,
 // destroyed when it exits), and, once the worker has exited cleanly, an
@@ -262,7 +266,9 @@ func (f *feed) finish(phase, lastResult string, ok bool) {
 	rec := f.rec
 	f.mu.Unlock()
 	rec.Phase, rec.LastResult, rec.OK, rec.Updated = phase, lastResult, ok, time.Now().UTC()
-	if err := f.pub.Publish(context.Background(), f.prefix, rec); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), finalPublishTimeout)
+	defer cancel()
+	if err := f.pub.Publish(ctx, f.prefix, rec); err != nil {
 		f.log.Warn("could not publish this node's result for the rollout view", "error", err)
 	}
 }

@@ -146,11 +146,12 @@ func (w *worker) run(t *track, b begunRun) error {
 	// queued for the next worker instead of counting as a failed try.
 	if t.ctx.Err() != nil && !out.OK {
 		t.log.Info("worker stopping; the action stays queued and runs again on the next start")
-		records.finish(phaseQueued, "", false)
-		return w.opts.Store.Update(func(st *state.State) error {
+		err := w.opts.Store.Update(func(st *state.State) error {
 			st.Abandon(b.name)
 			return nil
 		})
+		records.finish(phaseQueued, "", false)
+		return err
 	}
 
 	var a state.Action
