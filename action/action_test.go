@@ -421,3 +421,26 @@ func TestTryBoundsTheHaltWait(t *testing.T) {
 		t.Fatalf("Run = %v, want not acquired, naming the halt", err)
 	}
 }
+
+// A Consul that cannot be read at all is an error at once, not a wait
+// without end on the fleet's switches.
+func TestUnreachableConsulFailsAtOnce(t *testing.T) {
+	port, err := devconsul.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = fmt.Sprintf("127.0.0.1:%d", port)
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{Lock: lockexec.Options{Prefix: "test/unreachable", Command: []string{"true"}, Shell: true},
+		Node: "web-1", Fleet: fleet.New(c, "test/unreachable")}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = New(c).Run(ctx, opts)
+	if !errors.Is(err, lockexec.ErrConsulUnreachable) || ctx.Err() != nil {
+		t.Fatalf("Run = %v, want Consul unreachable at once", err)
+	}
+}

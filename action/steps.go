@@ -93,6 +93,9 @@ func (r *runner) waitForFleet(ctx context.Context) error {
 				}
 				r.phase(phase, why)
 			})
+			if err != nil && ctx.Err() == nil {
+				return lockexec.ClassifyConsulError(fmt.Errorf("reading the rollout's halt and pause: %w", err))
+			}
 			if err != nil {
 				return fmt.Errorf("%w while waiting for the fleet: %v", lockexec.ErrInterrupted, err)
 			}

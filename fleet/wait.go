@@ -12,10 +12,11 @@ import (
 const retryWait = time.Second
 
 // WaitClear returns once neither a halt nor a pause (the action's own or
-// the global one) stops the action, or with ctx's error. While it waits it
-// tells onBlocked why, each time that changes. It watches both places with
-// blocking queries, so it returns within a round trip of the switch being
-// cleared.
+// the global one) stops the action, or with ctx's error, or with the error
+// of a first read that failed (later read errors are waited out). While it
+// waits it tells onBlocked why, each time that changes. It watches both
+// places with blocking queries, so it returns within a round trip of the
+// switch being cleared.
 func (f *Fleet) WaitClear(ctx context.Context, onBlocked func(why string)) error {
 	return f.WaitClearFor(ctx, "", onBlocked)
 }
@@ -33,6 +34,12 @@ func (f *Fleet) WaitClearFor(ctx context.Context, node string, onBlocked func(wh
 		var err error
 		if r.Halt, err = f.Halt(ctx); err == nil {
 			r.Pause, err = f.Pause(ctx)
+		}
+		if err != nil && last == "" {
+			// The first read: a Consul that cannot be read at all
+			// (unreachable, a token without key:read) is the caller's
+			// error to report, not a wait without end.
+			return err
 		}
 		why := r.BlockedFor(node)
 		if err != nil {
