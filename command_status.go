@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ct-supervise/action"
+	"ct-supervise/fleet"
 	"ct-supervise/health"
 	"ct-supervise/lockexec"
 	"ct-supervise/plugin"
@@ -71,6 +72,11 @@ type ActionStatus struct {
 	Phase       string     `json:"phase,omitempty"`
 	PhaseDetail string     `json:"phase_detail,omitempty"`
 	PhaseSince  *time.Time `json:"phase_since,omitempty"`
+
+	// Halt and Pause stop the rollout of the action on every node: who set
+	// them, when and why. Absent when none is set (or Consul was not read).
+	Halt  *fleet.Halt  `json:"halt,omitempty"`
+	Pause *fleet.Pause `json:"pause,omitempty"`
 
 	// The rolling-restart policy, under the declaration's JSON keys.
 	WaitHealthy    []string `json:"wait_healthy,omitempty"`
@@ -287,8 +293,40 @@ func addHolders(actions []ActionStatus, cf *consulFlags) error {
 		default:
 			a.Holders = h
 		}
+		if err == nil {
+			addFleet(ctx, a, fleet.New(client, a.Prefix))
+		}
 	}
 	return nil
+}
+
+// addFleet reads the halt and the pause that stop the action's rollout,
+// if any. A read error leaves them out: the holders' error already says
+// why Consul could not be asked.
+func addFleet(ctx context.Context, a *ActionStatus, f *fleet.Fleet) {
+	if h, err := f.Halt(ctx); err == nil {
+		a.Halt = h
+	}
+	if p, err := f.Pause(ctx); err == nil {
+		a.Pause = p
+	}
+}
+
+// stopText says what stops the action's rollout, with who, when and why;
+// "" when nothing does.
+func (a ActionStatus) stopText() string {
+	var parts []string
+	if h := a.Halt; h != nil {
+		parts = append(parts, fmt.Sprintf("HALTED by %s at %s: %s", h.Node, h.At.Format(time.RFC3339), oneLine(h.Reason)))
+	}
+	if p := a.Pause; p != nil {
+		scope := ""
+		if p.Global {
+			scope = " (every action)"
+		}
+		parts = append(parts, fmt.Sprintf("PAUSED%s by %s at %s: %s", scope, p.By, p.At.Format(time.RFC3339), oneLine(p.Reason)))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // isPermissionDenied reports a Consul ACL denial (HTTP 403).
@@ -398,6 +436,8 @@ func (c *CLI) printTable(actions []ActionStatus) {
 		if a.PhaseDetail != "" {
 			// What a running try waits on says more than the last try.
 			last = a.Phase + ": " + a.PhaseDetail
+		} else if stop := a.stopText(); stop != "" {
+			last = stop + "; " + last
 		}
 		rows = append(rows, []string{quoteName(a.Name), a.State, strconv.Itoa(a.Limit), a.Prefix, hs, printable(last)})
 	}
@@ -470,6 +510,9 @@ func (c *CLI) printAction(a ActionStatus) {
 	}
 	if a.Phase != "" {
 		fmt.Fprintf(w, "Phase:\t%s since %s: %s\n", a.Phase, a.PhaseSince.Format(time.RFC3339), printable(a.PhaseDetail))
+	}
+	if stop := a.stopText(); stop != "" {
+		fmt.Fprintf(w, "Rollout:\t%s (ct-supervise resume %s lifts it)\n", printable(stop), quoteName(a.Name))
 	}
 	for _, l := range a.policyLines() {
 		fmt.Fprintf(w, "%s\t%s\n", l[0], printable(l[1]))
