@@ -99,7 +99,7 @@ func TestGateTimeoutFailsWithTheCheckOutput(t *testing.T) {
 	s := newTestService(t, "broken-web", time.Second, true, "database connection refused")
 	n := newNode(t, "web-1")
 	r := n.run("run", "-node="+agentName, "-wait-healthy="+s.name, "-health-timeout=3s", "-on-failure=continue",
-		"-name=broken", "true")
+		"-name=gate-timeout", "true")
 	if r.code != 79 {
 		t.Fatalf("exit %d, want 79 (not healthy): %s", r.code, r.stderr)
 	}
@@ -108,11 +108,11 @@ func TestGateTimeoutFailsWithTheCheckOutput(t *testing.T) {
 			t.Errorf("the error lacks %q: %s", want, r.stderr)
 		}
 	}
-	if left := lockSessions(t, "broken"); len(left) > 0 {
+	if left := lockSessions(t, "gate-timeout"); len(left) > 0 {
 		t.Fatalf("sessions left after the timeout: %v", left)
 	}
 	// The lock is free: the next run gets it at once.
-	if r := n.run("run", "-name=broken", "-try=5s", "-on-failure=continue", "true"); r.code != 0 {
+	if r := n.run("run", "-name=gate-timeout", "-try=5s", "-on-failure=continue", "true"); r.code != 0 {
 		t.Fatalf("the next run did not get the lock: exit %d: %s", r.code, r.stderr)
 	}
 }
