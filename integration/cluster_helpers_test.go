@@ -46,13 +46,21 @@ type faultCluster struct {
 func newFaultCluster(t *testing.T, opts cluster.Options) *faultCluster {
 	t.Helper()
 	needConsul(t)
-	fc := &faultCluster{t: t, c: cluster.ForTest(t, opts)}
+	return (&faultCluster{c: cluster.ForTest(t, opts)}).sub(t)
+}
+
+// sub returns the cluster with fresh nodes (new state directories) for a
+// test or subtest: subtests that share a cluster share nothing else, and
+// each stops its own workers when it ends.
+func (fc *faultCluster) sub(t *testing.T) *faultCluster {
+	t.Helper()
+	out := &faultCluster{t: t, c: fc.c}
 	for _, a := range fc.c.Nodes {
 		n := newNodeOn(t, a.Name, a.Addr())
 		n.logOnFailure()
-		fc.nodes = append(fc.nodes, n)
+		out.nodes = append(out.nodes, n)
 	}
-	return fc
+	return out
 }
 
 // agentOf is the Consul agent of node n.

@@ -160,6 +160,7 @@ func (o *outcome) handover(act *faultAction, holder string, t0 time.Time) {
 // frozenPastDeadline: node1 .. node<limit> hold every slot, up to two
 // more nodes wait, and node1's agent is frozen for longFreeze.
 func frozenPastDeadline(t *testing.T, fc *faultCluster, lk locker, limit int, report func(string, ...any)) outcome {
+	fc = fc.sub(t)
 	fc.ready()
 	act := newFaultAction(t)
 	name := fmt.Sprintf("freeze-n%d", limit)
@@ -206,6 +207,7 @@ func TestFaultFrozenHolderAgent(t *testing.T) {
 		})
 	}
 	t.Run("brief", func(t *testing.T) {
+		fc := fc.sub(t)
 		fc.ready()
 		act := newFaultAction(t)
 		const name = "freeze-brief"
@@ -231,6 +233,7 @@ func TestFaultFrozenHolderAgent(t *testing.T) {
 // killed, then restarted once another node has taken over (or after a
 // minute).
 func agentKilled(t *testing.T, fc *faultCluster, lk locker, report func(string, ...any)) outcome {
+	fc = fc.sub(t)
 	fc.ready()
 	act := newFaultAction(t)
 	const name = "agent-killed"
@@ -268,6 +271,7 @@ func TestFaultHolderAgentKilled(t *testing.T) {
 // leaderKilled: eight contenders on two nodes roll under -n 1, each with
 // one attempt, and the raft leader is killed after the first two runs.
 func leaderKilled(t *testing.T, fc *faultCluster, lk locker, report func(string, ...any)) outcome {
+	fc = fc.sub(t)
 	fc.ready()
 	act := newFaultAction(t)
 	const (
@@ -407,6 +411,7 @@ func TestFaultRollout(t *testing.T) {
 	// The worker SIGKILLed at random points, 20 times during a 30-change
 	// rollout; half of the kills hit an action that has just started.
 	t.Run("worker killed", func(t *testing.T) {
+		fc := fc.sub(t)
 		act := newFaultAction(t)
 		const name, key = "rollout-kill", "it/rollout-kill/value"
 		f := startRollout(t, fc, act, name, key, rolloutAction)
@@ -457,6 +462,7 @@ func TestFaultRollout(t *testing.T) {
 	// consul-template restarted (SIGTERM, then started again) on the node
 	// whose action is running, and a change made while it is down.
 	t.Run("consul-template restarted", func(t *testing.T) {
+		fc := fc.sub(t)
 		act := newFaultAction(t)
 		const name, key = "rollout-ct", "it/rollout-ct/value"
 		f := startRollout(t, fc, act, name, key, 2*time.Second)
