@@ -14,14 +14,20 @@ TEST_TIMEOUT ?= 25m
 # The directory holding consul and consul-template, built on first use.
 TOOLS = $$(./scripts/tools.sh)
 
-.PHONY: all build tools fmt-check vet test unit integration fuzz demo bench clean
+.PHONY: all build dist tools fmt-check vet test unit integration fuzz demo bench clean
 
 all: build
 
 # Static (no cgo): nothing to resolve at start-up, which matters for a
-# plugin consul-template forks several times per render.
+# plugin consul-template forks several times per render. Stamped with the
+# version and commit that `ct-supervise version` prints (scripts/version.sh).
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build -ldflags "$$(./scripts/version.sh ldflags)" -o $(BIN) .
+
+# Release binaries and archives for linux and darwin, amd64 and arm64, with
+# SHA256SUMS, reproducibly, into dist/ (scripts/dist.sh says how).
+dist:
+	./scripts/dist.sh
 
 tools:
 	@./scripts/tools.sh
@@ -65,4 +71,4 @@ bench: build
 	@bin=$(TOOLS); PATH="$$bin:$$PATH" bin/bench -ct-supervise $(BIN) $(BENCH_FLAGS)
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

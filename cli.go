@@ -5,7 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
+	"io/fs"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -15,11 +15,8 @@ import (
 	"ct-supervise/state"
 )
 
-// Name and Version identify this build.
-const (
-	Name    = "ct-supervise"
-	Version = "0.1.0"
-)
+// Name is the program's name; version.go has its Version and Commit.
+const Name = "ct-supervise"
 
 // Exit statuses beyond those of lockexec, which `run` shares.
 const (
@@ -39,9 +36,14 @@ Subcommands:
   exec      Queue declared actions for the background worker (template command).
   worker    Drain the queue (started by exec; runnable in the foreground).
   status    Show declared actions, the queue, the worker and lock holders.
+  pause     Stop new starts of an action on every node (-all: of every action).
+  resume    Lift a pause, and the halt a failing node set.
+  rollout   Show where an action's rollout stands on every node.
   version   Print the version.
 
-Run 'ct-supervise <subcommand> -h' for the flags of a subcommand.
+Run 'ct-supervise <subcommand> -h' for the flags of a subcommand. A first
+word within two typos of a subcommand (stauts) is refused, not run: write
+'ct-supervise run WORD' for a command of that name.
 `
 
 // CLI is the command-line interface. Its streams are injected so that tests
@@ -75,32 +77,99 @@ func (c *CLI) Run(args []string) int {
 		return c.workerCommand(args[1:])
 	case "status":
 		return c.statusCommand(args[1:])
+	case "pause":
+		return c.pauseCommand(args[1:])
+	case "resume":
+		return c.resumeCommand(args[1:])
+	case "rollout":
+		return c.rolloutCommand(args[1:])
 	case "version", "-version", "--version":
-		fmt.Fprintf(c.stdout, "%s v%s\n", Name, Version)
+		fmt.Fprintln(c.stdout, versionString())
 		return ExitOK
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(c.stdout, usageText)
 		return ExitOK
 	default:
+		if sub, ok := mistypedSubcommand(args[0]); ok {
+			return c.usageError("", fmt.Errorf("unknown subcommand %q; did you mean %q? To run a command of that name: %s run %s",
+				args[0], sub, Name, args[0]))
+		}
 		// `ct-supervise -n 1 'nginx -s reload'`, as the original request
 		// wrote it: flags or a command line means run.
 		return c.runCommand(args)
 	}
 }
 
-// errorf prints one error line for a subcommand and returns code.
+// subcommands are the words Run dispatches on, for typo detection.
+var subcommands = []string{"run", "register", "exec", "worker", "status", "pause", "resume", "rollout", "version", "help"}
+
+// maxTypoDistance is how far a bare first word may be from a subcommand
+// and still be taken for a typo of it: `stauts`, `exce` and `stat` are, and
+// running them as commands under a lock (the default subcommand) would be
+// the worst reading.
+const maxTypoDistance = 2
+
+// mistypedSubcommand reports the subcommand that word, a bare first word
+// (a plain name: no flag, path, space or shell syntax), is likely a typo
+// of.
+func mistypedSubcommand(word string) (string, bool) {
+	for i, r := range word {
+		letter := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+		if !letter && (i == 0 || !(r >= '0' && r <= '9' || r == '-' || r == '_')) {
+			return "", false
+		}
+	}
+	best, bestDist := "", maxTypoDistance+1
+	for _, sub := range subcommands {
+		if d := editDistance(strings.ToLower(word), sub); d < bestDist {
+			best, bestDist = sub, d
+		}
+	}
+	return best, best != ""
+}
+
+// editDistance is the optimal string alignment distance between a and b:
+// insertions, deletions, substitutions and transpositions of adjacent
+// letters each count one.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	d := make([][]int, len(ra)+1)
+	for i := range d {
+		d[i] = make([]int, len(rb)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(ra)][len(rb)]
+}
+
+// errorf prints one error line for a subcommand ("" for none) and returns
+// code.
 func (c *CLI) errorf(cmd string, code int, format string, a ...any) int {
 	msg := fmt.Sprintf(format, a...)
 	// Keep it to one line whatever the cause said.
 	msg = strings.ReplaceAll(strings.TrimSpace(msg), "\n", " ")
-	fmt.Fprintf(c.stderr, "%s %s: %s\n", Name, cmd, msg)
+	fmt.Fprintf(c.stderr, "%s: %s\n", strings.TrimSpace(Name+" "+cmd), msg)
 	return code
 }
 
 // usageError reports bad usage with the hint to the help text.
 func (c *CLI) usageError(cmd string, err error) int {
 	c.errorf(cmd, lockexec.ExitUsage, "%v", err)
-	fmt.Fprintf(c.stderr, "Run '%s %s -h' for usage.\n", Name, cmd)
+	fmt.Fprintf(c.stderr, "Run '%s -h' for usage.\n", strings.TrimSpace(Name+" "+cmd))
 	return lockexec.ExitUsage
 }
 
@@ -118,15 +187,20 @@ func newFlagSet(cmd string) *flag.FlagSet {
 func (c *CLI) parseFlags(fs *flag.FlagSet, cmd, usage string, args []string) (code int, done bool) {
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(c.stdout, usage)
-		fs.SetOutput(c.stdout)
-		fs.PrintDefaults()
-		return ExitOK, true
+		return c.printUsage(fs, usage), true
 	}
 	if err != nil {
 		return c.usageError(cmd, err), true
 	}
 	return 0, false
+}
+
+// printUsage prints a subcommand's usage text and flags to stdout, for -h.
+func (c *CLI) printUsage(fs *flag.FlagSet, usage string) int {
+	fmt.Fprint(c.stdout, usage)
+	fs.SetOutput(c.stdout)
+	fs.PrintDefaults()
+	return ExitOK
 }
 
 // newLogger returns the named hclog logger for a subcommand: info and above,
@@ -172,22 +246,39 @@ func (f *consulFlags) client() (*api.Client, error) {
 
 // stateDirFlag binds -state-dir, whose default comes from the environment.
 func stateDirFlag(fs *flag.FlagSet) *string {
-	return fs.String("state-dir", "", "state directory (default $CT_SUPERVISE_STATE_DIR, /var/lib/ct-supervise for root, else $XDG_STATE_HOME/ct-supervise)")
+	return fs.String("state-dir", "", "state directory (default $CT_SUPERVISE_STATE_DIR, then $STATE_DIRECTORY as systemd's StateDirectory= sets it, then /var/lib/ct-supervise for root, else $XDG_STATE_HOME/ct-supervise or ~/.local/state/ct-supervise)")
 }
 
-// openStore opens the state directory named by flag or default, as an
-// absolute path so that the worker finds the same one from anywhere.
-func openStore(dir string) (*state.Store, error) {
+// defaultStateDir is state.DefaultStateDir; a variable so that tests can
+// stand in for a service user whose home does not exist.
+var defaultStateDir = state.DefaultStateDir
+
+// openStore opens (creating it if needed) the state directory named by
+// -state-dir, or by default. When nobody configured one and the built-in
+// default cannot be used, the error wraps state.ErrNoDefaultStateDir:
+// register and exec, run by consul-template, report it without failing
+// the render.
+func openStore(dir string) (*state.Store, error) { return openStoreWith(dir, true) }
+
+// readStore opens the state directory like openStore but never creates
+// it (status): a missing one is an error wrapping fs.ErrNotExist.
+func readStore(dir string) (*state.Store, error) { return openStoreWith(dir, false) }
+
+func openStoreWith(dir string, create bool) (*state.Store, error) {
+	builtin := false
 	if dir == "" {
-		d, err := state.DefaultStateDir()
-		if err != nil {
+		var err error
+		if dir, builtin, err = defaultStateDir(); err != nil {
 			return nil, err
 		}
-		dir = d
 	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil, fmt.Errorf("state directory %q: %w", dir, err)
+	open := state.Open
+	if !create {
+		open = state.OpenExisting
 	}
-	return state.Open(abs)
+	s, err := open(dir)
+	if err != nil && builtin && (create || !errors.Is(err, fs.ErrNotExist)) {
+		return nil, fmt.Errorf("%w: the default %w; set StateDirectory= (systemd), CT_SUPERVISE_STATE_DIR or -state-dir", state.ErrNoDefaultStateDir, err)
+	}
+	return s, err
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -49,8 +51,18 @@ func (c *CLI) execCommand(args []string) int {
 	}
 	log := newLogger(cmd, *verbose, c.stderr)
 	store, err := openStore(*stateDir)
+	if errors.Is(err, state.ErrNoDefaultStateDir) && !*wait {
+		// consul-template logs this line; failing would stop it.
+		return c.errorf(cmd, ExitOK, "%v; nothing queued", err)
+	}
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
+	}
+	defer store.Close()
+	// consul-template gives its commands its Consul settings, and its
+	// plugins not: record them for the workers, register's included.
+	if _, err := worker.RecordConsulSettings(store, os.Environ()); err != nil {
+		c.errorf(cmd, ExitOK, "warning: %v; the worker uses the last recorded settings", err)
 	}
 
 	var (
@@ -94,7 +106,7 @@ func (c *CLI) execCommand(args []string) int {
 			c.errorf(cmd, ExitOK, "warning: %v; the actions stay queued", err)
 			return ExitOK
 		}
-		return c.errorf(cmd, ExitError, "%v", err)
+		return c.workerError(cmd, store, err)
 	}
 	if !*wait {
 		return ExitOK
@@ -124,8 +136,7 @@ func (c *CLI) startWorker(store *state.Store, verbose bool) error {
 	if verbose {
 		args = append(args, "-verbose")
 	}
-	_, err = worker.Start(store.Path(worker.LockFile), exe, args)
-	return err
+	return worker.Start(store, exe, args)
 }
 
 // waitFor blocks until every ticket is covered by a finished run. It starts
@@ -154,11 +165,24 @@ func (c *CLI) waitFor(cmd string, store *state.Store, tickets []state.Ticket, li
 		}
 		if st.QueueLen() > 0 {
 			if err := c.startWorker(store, verbose); err != nil {
-				return c.errorf(cmd, ExitError, "%v", err)
+				return c.workerError(cmd, store, err)
 			}
 		}
 		time.Sleep(execPollInterval)
 	}
+}
+
+// workerError reports a worker that could not be started, or that failed
+// at start, with the status that worker exited with (78 for bad Consul
+// settings), rather than start one after another.
+func (c *CLI) workerError(cmd string, store *state.Store, err error) int {
+	code := ExitError
+	if errors.Is(err, worker.ErrWorkerFailing) {
+		if st, lerr := store.Load(); lerr == nil && st.WorkerFailure != nil && st.WorkerFailure.ExitCode != 0 {
+			code = st.WorkerFailure.ExitCode
+		}
+	}
+	return c.errorf(cmd, code, "%v; the actions stay queued", err)
 }
 
 // report prints failed actions and returns the status of the first failure.

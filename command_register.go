@@ -1,10 +1,9 @@
 package main
 
 import (
-	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -15,22 +14,32 @@ import (
 )
 
 const registerUsage = `Usage: ct-supervise register [flags] COMMAND
-       ct-supervise register [-strict] [-output STRING] '{"name": "...", "command": "...", ...}'
+       ct-supervise register [flags] -policy=JSON COMMAND
+       ct-supervise register [-allow-data-commands] -json=JSON
 
 Declares an action for 'ct-supervise exec' to run, from a template:
 
-  {{ plugin "ct-supervise" "register" "-n=2" "-name=nginx" "nginx -s reload" }}
-  {{ plugin "ct-supervise" "register" (key "ops/supervise/nginx") }}
+  {{ plugin "ct-supervise" "register" "-n=2" "-name=nginx" "nginx -s reload" -}}
+  {{ plugin "ct-supervise" "register" "-name=nginx" (printf "-policy=%s" (key "ops/supervise/nginx")) "nginx -s reload" -}}
 
-Prints nothing (unless -output), never contacts Consul. Three cases:
-  - flags written in the template are code: a bad one fails the render;
-  - a JSON object is data (from KV): a bad one (or one that is not an
-    object: an array, a string, several lines) keeps the last good
-    declaration, warns on stderr, shows in 'status', and exits 0 (-strict: fails);
-  - no declaration at all (data not there yet): nothing to do, exit 0.
+Prints nothing (unless -output), never contacts Consul. Commands are code,
+KV is data:
+  - flags and the command written in the template are code: a bad one, or
+    flags without a command, fails the render;
+  - -policy=JSON is data: policy merged onto the template's command. A bad
+    value keeps the last good declaration, warns on stderr, shows in
+    'status' and exits 0 (-strict: fails). An empty one (data not fetched
+    yet) keeps the policy last stored, or none: the template's values;
+  - -json=JSON is data: a whole declaration, "name" required; "command"
+    only with -allow-data-commands. Empty: nothing to do, exit 0.
+Write -policy and -json with their value as ONE argument, as above:
+consul-template drops an empty argument, so a separate value would swallow
+the next argument while the data is missing. A lone JSON object argument
+is the deprecated spelling of -json.
 
-JSON keys: name (required), command, n, prefix, try, monitor_retry, shell,
-timeout, max_attempts.
+JSON keys: name, command, n, prefix, try (alias timeout), monitor_retry,
+shell, command_timeout, max_attempts. Values may be strings ("2"), not
+booleans where a number or a string is expected.
 
 Flags:
 `
@@ -41,53 +50,48 @@ Flags:
 func (c *CLI) registerCommand(args []string) int {
 	const cmd = "register"
 	fs := newFlagSet(cmd)
-	d := plugin.DefaultDeclaration()
-	d.BindFlags(fs)
-	d.BindQueueFlags(fs)
+	decl := plugin.BindArgs(fs)
 	output := fs.String("output", "", "print this string (and nothing else) to standard output on success, e.g. a marker comment for the rendered file")
-	strict := fs.Bool("strict", false, "fail (exit non-zero) on an invalid JSON declaration instead of keeping the last good one")
+	strict := fs.Bool("strict", false, "fail (exit non-zero) on invalid data (-json, -policy) instead of keeping the last good declaration")
 	stateDir := stateDirFlag(fs)
 	verbose := fs.Bool("verbose", false, "debug logging on standard error")
-	if code, done := c.parseFlags(fs, cmd, registerUsage, args); done {
-		return code
+	err := decl.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return c.printUsage(fs, registerUsage)
+	}
+	if err != nil {
+		return c.usageError(cmd, err)
+	}
+	req, err := decl.Resolve()
+	if err != nil {
+		return c.usageError(cmd, err)
 	}
 	log := newLogger(cmd, *verbose, c.stderr)
-	rest := fs.Args()
-
 	ok := func() int {
 		if *output != "" {
 			fmt.Fprint(c.stdout, *output)
 		}
 		return ExitOK
 	}
-
-	switch {
-	case len(rest) == 0 || (len(rest) == 1 && strings.TrimSpace(rest[0]) == ""):
-		// consul-template drops empty arguments, so a declaration read from
-		// KV that is not there yet arrives as nothing at all.
+	if req.Source == plugin.SourceNone {
 		log.Debug("no declaration given (data not available yet?); nothing to do")
 		return ok()
-
-	case len(rest) == 1 && looksLikeData(rest[0]):
-		if given := declarationFlagsGiven(fs); len(given) > 0 {
-			return c.usageError(cmd, fmt.Errorf("give either flags (%s) or one JSON object, not both", strings.Join(given, ", ")))
-		}
-		decl, name, err := parseDataDeclaration(rest[0])
-		if err != nil {
-			return c.rejectData(cmd, *stateDir, name, err, *strict, ok)
-		}
-		d = decl
-
-	default:
-		d.Command = rest
-		if err := d.Finish(); err != nil {
-			return c.usageError(cmd, err)
-		}
 	}
 
 	store, err := openStore(*stateDir)
+	if errors.Is(err, state.ErrNoDefaultStateDir) {
+		// Not the render's fault: say so, let it go on; exec repeats it
+		// where consul-template's log shows it.
+		c.errorf(cmd, ExitOK, "warning: %v; the declaration is not registered", err)
+		return ok()
+	}
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
+	}
+	defer store.Close()
+	d, name, err := c.declaration(cmd, store, req)
+	if err != nil {
+		return c.rejectData(cmd, store, name, err, *strict, ok)
 	}
 	changed, err := store.Register(d, time.Now())
 	if err != nil {
@@ -96,6 +100,50 @@ func (c *CLI) registerCommand(args []string) int {
 	log.Debug("registered", "name", d.Name, "changed", changed, "prefix", d.Prefix, "n", d.Limit)
 	c.resumeQueue(store, *verbose, log)
 	return ok()
+}
+
+// declaration makes the declaration to register from a resolved request.
+// Its errors are the data's: name is the action they belong to ("" if the
+// data did not say).
+func (c *CLI) declaration(cmd string, store *state.Store, req plugin.Request) (d plugin.Declaration, name string, err error) {
+	switch req.Source {
+	case plugin.SourceData:
+		d, name, err = plugin.ParseData(req.Data, req.AllowDataCommands)
+		if err == nil && req.Bare {
+			// Once, and only when accepted: a rejection's own warning
+			// is the line that matters then.
+			c.errorf(cmd, ExitOK, "warning: a bare JSON declaration is deprecated; write it as one -json argument: (printf \"-json=%%s\" (key \"...\"))")
+		}
+		return d, name, err
+	case plugin.SourcePolicy:
+		name = req.Template.Name
+		policy := req.Data
+		if policy == "" {
+			// Missing data: consul-template has not fetched the key yet
+			// (the first pass after every start), or it does not exist.
+			// The two look the same, so the last good policy stays; a
+			// policy of {} clears it.
+			policy = storedPolicy(store, name)
+		}
+		d, err = req.Template.WithPolicy(policy, req.AllowDataCommands)
+		return d, name, err
+	default:
+		return req.Template, req.Template.Name, nil
+	}
+}
+
+// storedPolicy returns the policy merged into the stored declaration of
+// name, "" if there is none or the state cannot be read (Register reports
+// that).
+func storedPolicy(store *state.Store, name string) string {
+	st, err := store.Load()
+	if err != nil {
+		return ""
+	}
+	if a := st.Actions[name]; a != nil {
+		return a.Declaration.Policy
+	}
+	return ""
 }
 
 // resumeQueue starts a worker for requests that a killed worker left queued
@@ -115,13 +163,9 @@ func (c *CLI) resumeQueue(store *state.Store, verbose bool, log hclog.Logger) {
 // rejectData handles an invalid declaration that came as data: keep the last
 // good declaration, record the problem for `status`, warn, and let the
 // render go on, unless strict.
-func (c *CLI) rejectData(cmd, stateDir, name string, err error, strict bool, ok func() int) int {
-	if store, oerr := openStore(stateDir); oerr == nil {
-		if rerr := store.RecordError(name, err.Error(), time.Now()); rerr != nil {
-			c.errorf(cmd, ExitError, "recording the rejected declaration: %v", rerr)
-		}
-	} else {
-		c.errorf(cmd, ExitError, "%v", oerr)
+func (c *CLI) rejectData(cmd string, store *state.Store, name string, err error, strict bool, ok func() int) int {
+	if rerr := store.RecordError(name, err.Error(), time.Now()); rerr != nil {
+		c.errorf(cmd, ExitError, "recording the rejected declaration: %v", rerr)
 	}
 	if strict {
 		return c.errorf(cmd, lockexec.ExitUsage, "%v", err)
@@ -132,49 +176,4 @@ func (c *CLI) rejectData(cmd, stateDir, name string, err error, strict bool, ok 
 	}
 	c.errorf(cmd, ExitOK, "warning: ignoring %s from data, keeping the last good one: %v", label, err)
 	return ok()
-}
-
-// parseDataDeclaration decodes a JSON declaration. Data has no generated
-// name: a name is what ties it to the last good declaration, so a missing
-// one is an error. The name is returned whenever it could be read, even
-// with an error, so the error is recorded against it.
-func parseDataDeclaration(s string) (plugin.Declaration, string, error) {
-	var raw map[string]any
-	name := ""
-	if json.Unmarshal([]byte(s), &raw) == nil {
-		if n, ok := raw["name"].(string); ok {
-			name = strings.TrimSpace(n)
-		}
-	}
-	d, err := plugin.ParseJSON(s)
-	if err != nil {
-		return d, name, err
-	}
-	if name == "" {
-		return d, "", fmt.Errorf("%w: a JSON declaration needs a \"name\"", plugin.ErrInvalidDeclaration)
-	}
-	return d, name, nil
-}
-
-// looksLikeData tells a declaration that came as data (a JSON object, or
-// something else read from KV that was meant to be one) from a command
-// line written in the template. A JSON array or string, or several lines,
-// is no command anyone writes inline: running it on every node as a shell
-// command would be the worst reading of a bad KV value.
-func looksLikeData(arg string) bool {
-	a := strings.TrimSpace(arg)
-	return strings.HasPrefix(a, "{") || strings.HasPrefix(a, "[") || strings.HasPrefix(a, `"`) || strings.Contains(a, "\n")
-}
-
-// declarationFlagsGiven lists the declaration flags set on the command line
-// (as opposed to register's own).
-func declarationFlagsGiven(fs *flag.FlagSet) []string {
-	own := map[string]bool{"output": true, "strict": true, "state-dir": true, "verbose": true}
-	var given []string
-	fs.Visit(func(f *flag.Flag) {
-		if !own[f.Name] {
-			given = append(given, "-"+f.Name)
-		}
-	})
-	return given
 }

@@ -18,7 +18,13 @@ same command on every node meets on the same prefix.
 
 Exit status: COMMAND's own, or 64 bad usage, 69 Consul unreachable,
 70 internal error, 75 not acquired within -try, 76 lock lost,
-78 -n differs from other holders, 124 -timeout exceeded, 130 interrupted.
+78 -n differs from other holders, 124 -command-timeout exceeded,
+130 interrupted.
+
+Several arguments are an argument vector: each reaches the program as
+given (with the shell, each is quoted). Write shell syntax as one argument:
+ct-supervise run -n 2 'nginx -t && nginx -s reload'.
+-timeout is the lock wait, an alias of -try, as in consul lock.
 
 Flags:
 `
@@ -35,6 +41,9 @@ func (c *CLI) runCommand(args []string) int {
 	verbose := fs.Bool("verbose", false, "debug logging on standard error")
 	if code, done := c.parseFlags(fs, cmd, runUsage, args); done {
 		return code
+	}
+	if err := plugin.CheckFlagUse(fs, args); err != nil {
+		return c.usageError(cmd, err)
 	}
 	d.Command = fs.Args()
 	if err := d.Finish(); err != nil {

@@ -3,13 +3,21 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	iofs "io/fs"
+	"net/http"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/sys/unix"
 
 	"ct-supervise/lockexec"
 	"ct-supervise/state"
@@ -20,43 +28,51 @@ import (
 // answers promptly with Consul down.
 const statusConsulTimeout = 2 * time.Second
 
-const statusUsage = `Usage: ct-supervise status [flags]
+const statusUsage = `Usage: ct-supervise status [flags] [NAME]
 
 Shows the declared actions of the state directory: whether each is pending
 (declared, not yet exec'd), queued, waiting (for its lock), running,
-retrying, failed or idle, its
-last result, the worker's pid, rejected declarations and, when Consul is
-reachable, who holds each action's lock right now.
+retrying, failed or idle, who holds each action's lock right now (or why
+that could not be read), its last result, the worker's pid and rejected
+declarations. The table cuts the last result to the terminal's width;
+'status NAME' and -json show it whole. Never creates anything.
 
 Flags:
 `
 
 // ActionStatus is one action in `status -json`.
 type ActionStatus struct {
-	Name         string            `json:"name"`
-	State        string            `json:"state"`
-	Command      []string          `json:"command"`
-	Shell        bool              `json:"shell"`
-	Limit        int               `json:"n"`
-	Prefix       string            `json:"prefix"`
-	Try          string            `json:"try"`
-	Timeout      string            `json:"timeout"`
-	MonitorRetry int               `json:"monitor_retry"`
-	MaxAttempts  int               `json:"max_attempts"`
-	Attempts     int               `json:"attempts,omitempty"`
-	NextAttempt  *time.Time        `json:"next_attempt,omitempty"`
-	Last         *state.Outcome    `json:"last,omitempty"`
-	Holders      []lockexec.Holder `json:"holders"`
-	HoldersErr   string            `json:"holders_error,omitempty"`
-	Rejected     *state.DeclError  `json:"rejected,omitempty"`
+	Name         string         `json:"name"`
+	State        string         `json:"state"`
+	Command      []string       `json:"command"`
+	Shell        bool           `json:"shell"`
+	Limit        int            `json:"n"`
+	Prefix       string         `json:"prefix"`
+	Try          string         `json:"try"`
+	CmdTimeout   string         `json:"command_timeout"`
+	MonitorRetry int            `json:"monitor_retry"`
+	MaxAttempts  int            `json:"max_attempts"`
+	Attempts     int            `json:"attempts,omitempty"`
+	NextAttempt  *time.Time     `json:"next_attempt,omitempty"`
+	Last         *state.Outcome `json:"last,omitempty"`
+	// Holders is who holds the lock, [] for nobody; absent when it could
+	// not be read, and then HoldersErr says why.
+	Holders    []lockexec.Holder `json:"holders,omitzero"`
+	HoldersErr string            `json:"holders_error,omitempty"`
+	Rejected   *state.DeclError  `json:"rejected,omitempty"`
 }
 
 // Status is the whole of `status -json`.
 type Status struct {
-	StateDir  string                     `json:"state_dir"`
-	WorkerPID int                        `json:"worker_pid"`
-	Actions   []ActionStatus             `json:"actions"`
-	Rejected  map[string]state.DeclError `json:"rejected,omitempty"`
+	StateDir string `json:"state_dir"`
+	// Missing is true when the state directory does not exist (yet): no
+	// template has declared anything with it.
+	Missing   bool `json:"missing,omitempty"`
+	WorkerPID int  `json:"worker_pid"`
+	// ConsulError is why Consul was not asked at all (a bad address).
+	ConsulError string                     `json:"consul_error,omitempty"`
+	Actions     []ActionStatus             `json:"actions"`
+	Rejected    map[string]state.DeclError `json:"rejected,omitempty"`
 }
 
 // statusCommand is `ct-supervise status`.
@@ -70,75 +86,157 @@ func (c *CLI) statusCommand(args []string) int {
 	if code, done := c.parseFlags(fs, cmd, statusUsage, args); done {
 		return code
 	}
-	if fs.NArg() > 0 {
-		return c.usageError(cmd, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	if fs.NArg() > 1 {
+		return c.usageError(cmd, fmt.Errorf("unexpected argument %q", fs.Arg(1)))
 	}
-	store, err := openStore(*stateDir)
+	only := fs.Arg(0)
+	status, code := c.readStatus(cmd, *stateDir, only, &cf)
+	if code != ExitOK {
+		return code
+	}
+	switch {
+	case *asJSON:
+		enc := json.NewEncoder(c.stdout)
+		enc.SetIndent("", "  ")
+		var v any = status
+		if only != "" {
+			v = status.Actions[0]
+		}
+		if err := enc.Encode(v); err != nil {
+			return c.errorf(cmd, ExitError, "%v", err)
+		}
+	case only != "":
+		c.printAction(status.Actions[0])
+	default:
+		c.printStatus(status)
+	}
+	return ExitOK
+}
+
+// readStatus gathers the status of the state directory stateDir: every
+// action, or only the one named only.
+func (c *CLI) readStatus(cmd, stateDir, only string, cf *consulFlags) (Status, int) {
+	store, err := readStore(stateDir)
+	if errors.Is(err, iofs.ErrNotExist) && only == "" {
+		dir := stateDir
+		if dir == "" {
+			dir, _, _ = defaultStateDir()
+		}
+		return Status{StateDir: dir, Missing: true, Actions: []ActionStatus{}}, ExitOK
+	}
 	if err != nil {
-		return c.errorf(cmd, ExitError, "%v", err)
+		return Status{}, c.errorf(cmd, ExitError, "%v", err)
 	}
+	defer store.Close()
 	st, err := store.Load()
 	if err != nil {
-		return c.errorf(cmd, ExitError, "%v", err)
+		return Status{}, c.errorf(cmd, ExitError, "%v", err)
 	}
-	pid, err := worker.RunningPID(store.Path(worker.LockFile))
+	pid, err := worker.RunningPID(store)
 	if err != nil {
-		return c.errorf(cmd, ExitError, "%v", err)
+		return Status{}, c.errorf(cmd, ExitError, "%v", err)
 	}
-	status := Status{StateDir: store.Dir(), WorkerPID: pid, Rejected: st.Errors}
+	status := Status{StateDir: store.Dir(), WorkerPID: pid, Rejected: st.Errors, Actions: []ActionStatus{}}
 
-	// consulErr is why holders are not shown: a bad address, or the first
-	// failed read (then Consul is not asked again for every action).
-	var runner *lockexec.Runner
-	client, consulErr := cf.client()
-	if consulErr == nil {
-		runner = lockexec.New(client)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), statusConsulTimeout)
-	defer cancel()
 	names := make([]string, 0, len(st.Actions))
 	for n := range st.Actions {
-		names = append(names, n)
+		if only == "" || n == only {
+			names = append(names, n)
+		}
+	}
+	if only != "" && len(names) == 0 {
+		return Status{}, c.errorf(cmd, ExitError, "no action %s is declared in %s", quoteName(only), store.Dir())
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		a := st.Actions[n]
-		d := a.Declaration
-		as := ActionStatus{
-			Name: n, State: actionState(a, pid != 0), Command: d.Command, Shell: d.Shell,
-			Limit: d.Limit, Prefix: d.Prefix, Try: d.Try.String(), Timeout: d.Timeout.String(),
-			MonitorRetry: d.MonitorRetry, MaxAttempts: d.MaxAttempts,
-			Attempts: a.Attempts, Last: a.Last, Holders: []lockexec.Holder{},
-		}
-		if !a.NextAttempt.IsZero() {
-			t := a.NextAttempt
-			as.NextAttempt = &t
-		}
-		if e, ok := st.Errors[n]; ok {
-			as.Rejected = &e
-		}
-		if consulErr == nil {
-			h, err := runner.Holders(d.Prefix, (&api.QueryOptions{}).WithContext(ctx))
-			if err != nil {
-				as.HoldersErr = err.Error()
-				consulErr = err
-			} else if h != nil {
-				as.Holders = h
-			}
-		}
-		status.Actions = append(status.Actions, as)
+		status.Actions = append(status.Actions, actionStatus(n, st, pid != 0))
 	}
+	if err := addHolders(status.Actions, cf); err != nil {
+		status.ConsulError = err.Error()
+	}
+	return status, ExitOK
+}
 
-	if *asJSON {
-		enc := json.NewEncoder(c.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(status); err != nil {
-			return c.errorf(cmd, ExitError, "%v", err)
-		}
-		return ExitOK
+// actionStatus is the status of the action name, without its holders.
+func actionStatus(name string, st *state.State, workerAlive bool) ActionStatus {
+	a := st.Actions[name]
+	d := a.Declaration
+	as := ActionStatus{
+		Name: name, State: actionState(a, workerAlive), Command: d.Command, Shell: d.Shell,
+		Limit: d.Limit, Prefix: d.Prefix, Try: d.Try.String(), CmdTimeout: d.CommandTimeout.String(),
+		MonitorRetry: d.MonitorRetry, MaxAttempts: d.MaxAttempts,
+		Attempts: a.Attempts, Last: a.Last,
 	}
-	c.printStatus(status, consulErr)
-	return ExitOK
+	if !a.NextAttempt.IsZero() {
+		t := a.NextAttempt
+		as.NextAttempt = &t
+	}
+	if e, ok := st.Errors[name]; ok {
+		as.Rejected = &e
+	}
+	return as
+}
+
+// addHolders asks Consul who holds each action's lock, all within
+// statusConsulTimeout. Each action gets its holders or the error that kept
+// them from being read. A permission denial is asked again for the next
+// action (ACLs may allow one prefix and not another); any other failure
+// (Consul unreachable, the deadline) is not, and is reported for every
+// action left. The error returned is one that kept Consul from being asked
+// at all.
+func addHolders(actions []ActionStatus, cf *consulFlags) error {
+	client, err := cf.client()
+	if err != nil {
+		for i := range actions {
+			actions[i].HoldersErr = describeConsulError(err)
+		}
+		return err
+	}
+	runner := lockexec.New(client)
+	ctx, cancel := context.WithTimeout(context.Background(), statusConsulTimeout)
+	defer cancel()
+	var stop error
+	for i := range actions {
+		a := &actions[i]
+		if stop != nil {
+			a.HoldersErr = describeConsulError(stop)
+			continue
+		}
+		h, err := runner.Holders(a.Prefix, (&api.QueryOptions{}).WithContext(ctx))
+		switch {
+		case err != nil:
+			a.HoldersErr = describeConsulError(err)
+			if !isPermissionDenied(err) {
+				stop = err
+			}
+		case h == nil:
+			a.Holders = []lockexec.Holder{}
+		default:
+			a.Holders = h
+		}
+	}
+	return nil
+}
+
+// isPermissionDenied reports a Consul ACL denial (HTTP 403).
+func isPermissionDenied(err error) bool {
+	var se api.StatusError
+	return errors.As(err, &se) && se.Code == http.StatusForbidden
+}
+
+// describeConsulError says in one line why holders could not be read: a
+// 403 is a permission denial, naming what was denied (Consul's own words
+// name the permission and the key), never "unreachable".
+func describeConsulError(err error) string {
+	var se api.StatusError
+	switch {
+	case errors.As(err, &se) && se.Code == http.StatusForbidden:
+		return "permission denied: " + oneLine(se.Body)
+	case errors.As(err, &se):
+		return fmt.Sprintf("Consul answered %d: %s", se.Code, oneLine(se.Body))
+	default:
+		return "Consul unreachable: " + oneLine(err.Error())
+	}
 }
 
 // actionState names where an action stands, in status's words.
@@ -161,9 +259,13 @@ func actionState(a *state.Action, workerAlive bool) string {
 	}
 }
 
-func (c *CLI) printStatus(s Status, consulErr error) {
+func (c *CLI) printStatus(s Status) {
 	w := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(w, "State directory:\t%s\n", s.StateDir)
+	if s.Missing {
+		fmt.Fprintf(w, "State directory:\t%s (does not exist: nothing declared with it yet)\n", s.StateDir)
+	} else {
+		fmt.Fprintf(w, "State directory:\t%s\n", s.StateDir)
+	}
 	switch s.WorkerPID {
 	case 0:
 		fmt.Fprintf(w, "Worker:\tnot running\n")
@@ -172,28 +274,15 @@ func (c *CLI) printStatus(s Status, consulErr error) {
 	default:
 		fmt.Fprintf(w, "Worker:\trunning (pid %d)\n", s.WorkerPID)
 	}
-	if consulErr != nil {
-		fmt.Fprintf(w, "Consul:\tunreachable (%s); lock holders not shown\n", oneLine(consulErr.Error()))
+	if s.ConsulError != "" {
+		fmt.Fprintf(w, "Consul:\tnot asked (%s); lock holders not shown\n", printable(s.ConsulError))
 	}
 	w.Flush()
 	fmt.Fprintln(c.stdout)
 	if len(s.Actions) == 0 {
 		fmt.Fprintln(c.stdout, "No actions declared.")
 	} else {
-		w = tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tSTATE\tN\tPREFIX\tLAST RESULT\tHOLDERS")
-		for _, a := range s.Actions {
-			holders := make([]string, 0, len(a.Holders))
-			for _, h := range a.Holders {
-				holders = append(holders, h.Node)
-			}
-			hs := strings.Join(holders, ",")
-			if hs == "" {
-				hs = "-"
-			}
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", a.Name, a.State, a.Limit, a.Prefix, lastResult(a), hs)
-		}
-		w.Flush()
+		c.printTable(s.Actions)
 	}
 	if len(s.Rejected) > 0 {
 		fmt.Fprintln(c.stdout, "\nRejected declarations (the last good one stays in force):")
@@ -204,13 +293,152 @@ func (c *CLI) printStatus(s Status, consulErr error) {
 		sort.Strings(names)
 		for _, n := range names {
 			e := s.Rejected[n]
-			label := n
-			if label == "" {
+			label := quoteName(n)
+			if n == "" {
 				label = "(no name)"
 			}
-			fmt.Fprintf(c.stdout, "  %s: %s (at %s)\n", label, e.Message, e.At.Format(time.RFC3339))
+			fmt.Fprintf(c.stdout, "  %s: %s (at %s)\n", label, printable(e.Message), e.At.Format(time.RFC3339))
 		}
 	}
+}
+
+// minLastResultWidth is the least of LAST RESULT shown however narrow the
+// terminal: enough for "ok at" and a time.
+const minLastResultWidth = 30
+
+// printTable prints the actions, one line each, LAST RESULT last and cut to
+// the terminal's width so that each line stays one line.
+func (c *CLI) printTable(actions []ActionStatus) {
+	rows := [][]string{{"NAME", "STATE", "N", "PREFIX", "HOLDERS", "LAST RESULT"}}
+	unread := map[string]bool{}
+	for _, a := range actions {
+		hs := holdersCell(a)
+		if a.HoldersErr != "" {
+			unread[a.HoldersErr] = true
+		}
+		rows = append(rows, []string{quoteName(a.Name), a.State, strconv.Itoa(a.Limit), a.Prefix, hs, printable(lastResult(a))})
+	}
+	last := len(rows[0]) - 1
+	widths := make([]int, last)
+	for _, r := range rows {
+		for i := range widths {
+			widths[i] = max(widths[i], utf8.RuneCountInString(r[i]))
+		}
+	}
+	lead := 0
+	for _, w := range widths {
+		lead += w + 2
+	}
+	room, cols := 0, c.terminalWidth() // 0: no limit
+	if cols > 0 {
+		room = max(cols-lead, minLastResultWidth)
+	}
+	for _, r := range rows {
+		var b strings.Builder
+		for i, w := range widths {
+			fmt.Fprintf(&b, "%-*s  ", w, r[i])
+		}
+		b.WriteString(cut(r[last], room))
+		fmt.Fprintln(c.stdout, strings.TrimRight(b.String(), " "))
+	}
+	if len(unread) > 0 {
+		fmt.Fprintln(c.stdout, "\nLock holders not read (?):")
+		errs := make([]string, 0, len(unread))
+		for e := range unread {
+			errs = append(errs, e)
+		}
+		sort.Strings(errs)
+		for _, e := range errs {
+			fmt.Fprintf(c.stdout, "  %s\n", cut(printable(e), max(cols-2, 0)))
+		}
+	}
+}
+
+func holdersCell(a ActionStatus) string {
+	if a.HoldersErr != "" {
+		return "?"
+	}
+	nodes := make([]string, 0, len(a.Holders))
+	for _, h := range a.Holders {
+		nodes = append(nodes, quoteName(h.Node))
+	}
+	if len(nodes) == 0 {
+		return "-"
+	}
+	return strings.Join(nodes, ",")
+}
+
+// printAction prints one action whole: `status NAME`.
+func (c *CLI) printAction(a ActionStatus) {
+	w := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "Name:\t%s\n", quoteName(a.Name))
+	fmt.Fprintf(w, "State:\t%s\n", a.State)
+	fmt.Fprintf(w, "Command:\t%s\n", printable(strings.Join(a.Command, " ")))
+	fmt.Fprintf(w, "N:\t%d\n", a.Limit)
+	fmt.Fprintf(w, "Prefix:\t%s\n", a.Prefix)
+	if a.HoldersErr != "" {
+		fmt.Fprintf(w, "Holders:\tnot read: %s\n", printable(a.HoldersErr))
+	} else {
+		fmt.Fprintf(w, "Holders:\t%s\n", holdersCell(a))
+	}
+	fmt.Fprintf(w, "Last result:\t%s\n", printable(lastResult(a)))
+	if a.Rejected != nil {
+		fmt.Fprintf(w, "Rejected:\t%s (at %s)\n", printable(a.Rejected.Message), a.Rejected.At.Format(time.RFC3339))
+	}
+	w.Flush()
+}
+
+// terminalWidth is the width of the terminal stdout writes to, else
+// $COLUMNS, else 0 (unknown: nothing is cut).
+func (c *CLI) terminalWidth() int {
+	if f, ok := c.stdout.(*os.File); ok {
+		if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
+			return int(ws.Col)
+		}
+	}
+	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n > 0 {
+		return n
+	}
+	return 0
+}
+
+// cut shortens s to at most n runes (0: no limit), marking the cut.
+func cut(s string, n int) string {
+	if n <= 0 || utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}
+
+// quoteName shows a name as is when it is plain printable text, and Go
+// quoted otherwise: a rejected name (from data) with a newline or an ANSI
+// escape must not forge table rows or repaint the terminal.
+func quoteName(n string) string {
+	if n == "" || strings.ContainsAny(n, "\"\\ ") {
+		return strconv.Quote(n)
+	}
+	for _, r := range n {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(n)
+		}
+	}
+	return n
+}
+
+// printable escapes the control and other unprintable characters of a
+// message, which may quote data, and leaves the rest.
+func printable(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsPrint(r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRune(r)
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
 }
 
 func lastResult(a ActionStatus) string {

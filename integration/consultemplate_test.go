@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -199,11 +200,13 @@ func TestConsulTemplateRegisterLeavesOutputUnchanged(t *testing.T) {
 		key    = "it/ct-identical/upstream"
 		folder = "it/ct-identical/servers"
 		decl   = "it/ct-identical/decl"
+		policy = "it/ct-identical/policy"
 	)
 	putKV(t, key, "10.0.0.1:8080")
 	putKV(t, folder+"/a", "10.0.1.1")
 	putKV(t, folder+"/b", "10.0.1.2")
 	putKV(t, decl, `{"name": "ident-json", "command": "true", "n": "2"}`)
+	putKV(t, policy, `{"n": "2", "try": "1m"}`)
 
 	// @P@ marks where the plugin call goes; the plain version drops it.
 	cases := []struct {
@@ -222,7 +225,9 @@ func TestConsulTemplateRegisterLeavesOutputUnchanged(t *testing.T) {
 		{"in-range", "{{ range ls \"" + folder + "\" }}{{ .Key }} {{ .Value }}@P@\n{{ end }}",
 			`{{ plugin "ct-supervise" "register" "-name=ident-range" "true" }}`},
 		{"from-kv", "@P@\nserver {{ key \"" + key + "\" }};\n",
-			`{{ plugin "ct-supervise" "register" (key "` + decl + `") }}`},
+			`{{ plugin "ct-supervise" "register" "-allow-data-commands" (printf "-json=%s" (key "` + decl + `")) }}`},
+		{"policy-from-kv", "@P@\nupstream {{ key \"" + key + "\" }};\n",
+			`{{ plugin "ct-supervise" "register" "-name=ident-policy" (printf "-policy=%s" (key "` + policy + `")) "true" }}`},
 	}
 	var tmpls []ctTemplate
 	for _, tc := range cases {
@@ -251,7 +256,7 @@ func TestConsulTemplateRegisterLeavesOutputUnchanged(t *testing.T) {
 	for _, a := range p.status()["actions"].([]any) {
 		declared[a.(map[string]any)["name"].(string)] = true
 	}
-	for _, want := range []string{"ident-line", "ident-first", "ident-mid", "ident-last", "ident-range", "ident-json"} {
+	for _, want := range []string{"ident-line", "ident-first", "ident-mid", "ident-last", "ident-range", "ident-json", "ident-policy"} {
 		if !declared[want] {
 			t.Errorf("action %q was not registered; declared: %v", want, declared)
 		}
@@ -319,37 +324,48 @@ func TestConsulTemplateNotDelayedByLockWait(t *testing.T) {
 }
 
 // TestConsulTemplateDeclarationFromKV: a declaration read from a KV key
-// (issue 6). Before the key exists consul-template waits for it and stays
-// up; a good JSON value declares the action, which the post-render exec
-// runs; a bad one is reported by `status` and leaves the last good
-// declaration in force for the next change. Both forms of the post-render
-// command must get there: `exec` alone, as a one-template process would use
-// it, and `exec NAME`.
+// (issue 6), whole with -json (and -allow-data-commands, since it carries
+// the command) or as -policy for the template's command (issue 14). Before
+// the key exists consul-template waits for it and stays up; a good JSON
+// value declares the action, which the post-render exec runs; a bad one is
+// reported by `status` and leaves the last good declaration in force for
+// the next change. Both forms of the post-render command must get there:
+// `exec` alone, as a one-template process would use it, and `exec NAME`.
 func TestConsulTemplateDeclarationFromKV(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name    string // the action's name, and the subtest's
 		command string
+		policy  bool // -policy with the command in the template, or -json
 	}{
-		{"ct-fromkv", "ct-supervise exec"},
-		{"ct-fromkv-named", "ct-supervise exec ct-fromkv-named"},
+		{"ct-fromkv", "ct-supervise exec", false},
+		{"ct-fromkv-named", "ct-supervise exec ct-fromkv-named", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.command, func(t *testing.T) {
 			t.Parallel()
-			testDeclarationFromKV(t, tc.name, tc.command)
+			testDeclarationFromKV(t, tc.name, tc.command, tc.policy)
 		})
 	}
 }
 
-func testDeclarationFromKV(t *testing.T, name, command string) {
+func testDeclarationFromKV(t *testing.T, name, command string, policy bool) {
 	declKey := "it/" + name + "/decl"
 	valueKey := "it/" + name + "/upstream"
 	putKV(t, valueKey, "r1")
 	act := ledgerAction(t, "0.2")
+	call := fmt.Sprintf(`{{ plugin "ct-supervise" "register" "-allow-data-commands" (printf "-json=%%s" (key %q)) }}`, declKey)
+	good, err := json.Marshal(map[string]any{"name": name, "command": act.command, "n": 2})
+	if policy {
+		call = fmt.Sprintf(`{{ plugin "ct-supervise" "register" "-name=%s" (printf "-policy=%%s" (key %q)) %q }}`, name, declKey, act.command)
+		good, err = json.Marshal(map[string]any{"n": 2})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	p := startConsulTemplate(t, "node-1", []ctTemplate{{
 		name:    "upstreams",
-		body:    fmt.Sprintf("{{ plugin \"ct-supervise\" \"register\" (key %q) }}\nvalue={{ key %q }}\n", declKey, valueKey),
+		body:    fmt.Sprintf("%s\nvalue={{ key %q }}\n", call, valueKey),
 		command: command,
 	}}, false)
 	f := &fleet{t: t, nodes: []*ctNode{p}, ledger: act.ledger}
@@ -364,15 +380,17 @@ func testDeclarationFromKV(t *testing.T, name, command string) {
 		t.Fatalf("rendered %q before the declaration existed", got)
 	}
 
-	good, err := json.Marshal(map[string]any{"name": name, "command": act.command, "n": 2})
-	if err != nil {
-		t.Fatal(err)
-	}
 	putKV(t, declKey, string(good))
 	f.waitRoll(0, "r1", 60*time.Second)
+	if n := actionOf(t, p, name)["n"]; n != float64(2) {
+		t.Fatalf("the action runs with n=%v, want the data's 2", n)
+	}
 
 	// A typo in the data: the render goes on, status says what is wrong.
 	bad := strings.Replace(string(good), `"n":2`, `"n":2,"tyr":"10m"`, 1)
+	if policy {
+		bad = `{"n":2,"tyr":"10m"}`
+	}
 	if bad == string(good) {
 		t.Fatalf("could not make a bad declaration out of %s", good)
 	}
@@ -417,7 +435,7 @@ func testDeclarationFromKV(t *testing.T, name, command string) {
 
 // TestConsulTemplateReportsBadDeclarations: declarations that are code (flags
 // in the template), or data under -strict, fail the render: consul-template
-// exits non-zero and its output names the problem (issue 6).
+// exits non-zero and its output names the problem (issues 6, 14 and 15).
 func TestConsulTemplateReportsBadDeclarations(t *testing.T) {
 	t.Parallel()
 	const strictKey = "it/ct-strict/decl"
@@ -431,8 +449,14 @@ func TestConsulTemplateReportsBadDeclarations(t *testing.T) {
 			// The template text is in consul-template's message too: the
 			// flag must be named by ct-supervise's own line.
 			[]string{"ct-supervise register: flag provided but not defined: -nme"}},
-		{"strict bad data", `{{ plugin "ct-supervise" "register" "-strict" (key "` + strictKey + `") }}`,
+		{"strict bad data", `{{ plugin "ct-supervise" "register" "-strict" "-allow-data-commands" (printf "-json=%s" (key "` + strictKey + `")) }}`,
 			[]string{`unknown key "tyr"`}},
+		{"flags without a command", `{{ plugin "ct-supervise" "register" "-strict" "-n=2" "-name=nginx" }}`,
+			[]string{"ct-supervise register: invalid declaration: missing command after -n -name"}},
+		{"policy as a separate argument", `{{ plugin "ct-supervise" "register" "-name=nginx" "-policy" (key "` + strictKey + `") "true" }}`,
+			[]string{"ct-supervise register: write -policy and its value as one argument"}},
+		{"boolean flag trap", `{{ plugin "ct-supervise" "register" "-shell" "false" "echo x" }}`,
+			[]string{"ct-supervise register: -shell false: a boolean flag takes its value after"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -459,6 +483,162 @@ func TestConsulTemplateReportsBadDeclarations(t *testing.T) {
 				t.Errorf("rendered %q despite the failure", got)
 			}
 		})
+	}
+}
+
+// actionOf returns the named action of the node's `status -json`, nil if
+// it is not declared.
+func actionOf(t *testing.T, p *ctNode, name string) map[string]any {
+	t.Helper()
+	actions, _ := p.status()["actions"].([]any)
+	for _, a := range actions {
+		if m, _ := a.(map[string]any); m["name"] == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// rejectedOf returns the message `status -json` shows for a rejected
+// declaration of name, "" if none.
+func rejectedOf(t *testing.T, p *ctNode, name string) string {
+	t.Helper()
+	rej, _ := p.status()["rejected"].(map[string]any)
+	e, _ := rej[name].(map[string]any)
+	msg, _ := e["message"].(string)
+	return msg
+}
+
+// TestConsulTemplateDataIsNeverCode: KV data reaches register only through
+// -policy=VALUE and -json=VALUE, written as one argument with printf, and
+// whatever the value, absent, good or hostile, it is never read as a flag
+// or a command (issue 14). Missing, the policy is a no-op: the template's
+// values. Present, it is merged on. Malformed or hostile (`-bogus` made
+// consul-template exit, `-output=INJECTED` was written into the file,
+// `id` and `null` were registered as commands), the render goes on with the
+// last good declaration and status shows the rejection. A whole declaration
+// with a command is refused without -allow-data-commands.
+func TestConsulTemplateDataIsNeverCode(t *testing.T) {
+	t.Parallel()
+	const (
+		policyKey = "it/ct-data/policy"
+		jsonKey   = "it/ct-data/json"
+		revKey    = "it/ct-data/rev"
+	)
+	putKV(t, revKey, "0")
+	p := startConsulTemplate(t, "node-1", []ctTemplate{
+		{name: "policy", body: `{{ plugin "ct-supervise" "register" "-name=ct-data" "-n=3" "-try=1m" (printf "-policy=%s" (key "` + policyKey + `")) "true" -}}` +
+			"\nrev={{ key \"" + revKey + "\" }}\n"},
+		{name: "json", body: `{{ plugin "ct-supervise" "register" (printf "-json=%s" (key "` + jsonKey + `")) -}}` +
+			"\nrev={{ key \"" + revKey + "\" }}\n"},
+	}, false)
+
+	// Absent: consul-template waits for the keys and stays up; the policy
+	// template's first pass declared the template's own values.
+	waitFor(t, 20*time.Second, "the template's own declaration", func() bool { return actionOf(t, p, "ct-data") != nil })
+	time.Sleep(2 * time.Second)
+	if !p.running() {
+		code, _ := p.wait(0)
+		t.Fatalf("consul-template exited (status %d) while the data was absent", code)
+	}
+	if a := actionOf(t, p, "ct-data"); a["n"] != float64(3) || a["try"] != "1m0s" {
+		t.Fatalf("with the policy absent the action is %v, want the template's n=3, try=1m", a)
+	}
+	if got := p.readDest("policy") + p.readDest("json"); got != "" {
+		t.Fatalf("rendered %q before the data existed", got)
+	}
+
+	// Present: merged onto the template's command.
+	rev := 0
+	put := func(policy, whole string) {
+		t.Helper()
+		putKV(t, policyKey, policy)
+		putKV(t, jsonKey, whole)
+		rev++
+		putKV(t, revKey, strconv.Itoa(rev))
+		want := fmt.Sprintf("rev=%d\n", rev)
+		waitFor(t, 20*time.Second, "both templates to render "+want, func() bool {
+			return p.readDest("policy") == want && p.readDest("json") == want
+		})
+	}
+	put(`{"n": 2, "command_timeout": "30s"}`, `{"name": "ct-data-json", "n": 2}`)
+	good := actionOf(t, p, "ct-data")
+	if good["n"] != float64(2) || good["try"] != "1m0s" || good["command_timeout"] != "30s" {
+		t.Fatalf("with the policy present the action is %v, want n=2 and command_timeout=30s from it, try=1m from the template", good)
+	}
+	if cmd, _ := good["command"].([]any); len(cmd) != 1 || cmd[0] != "true" {
+		t.Fatalf("the action's command is %v, want the template's", good["command"])
+	}
+	if msg := rejectedOf(t, p, "ct-data-json"); !strings.Contains(msg, "missing command") {
+		t.Errorf("a whole declaration without a command: status shows %q, want the rejection", msg)
+	}
+
+	// Malformed or hostile values, in both keys.
+	for _, v := range []string{"-bogus", "-output=INJECTED", "id", "null", `{"n":`, `{"name": "ct-data-json", "command": "id"}`} {
+		put(v, v)
+		if !p.running() {
+			code, _ := p.wait(0)
+			t.Fatalf("consul-template exited (status %d) over the value %q", code, v)
+		}
+		if a := actionOf(t, p, "ct-data"); a["n"] != float64(2) || a["command_timeout"] != "30s" {
+			t.Errorf("value %q: the action is %v, want the last good declaration kept", v, a)
+		}
+		if msg := rejectedOf(t, p, "ct-data"); msg == "" {
+			t.Errorf("value %q: status shows no rejection of the policy", v)
+		}
+		for _, a := range p.status()["actions"].([]any) {
+			m := a.(map[string]any)
+			if cmd, _ := m["command"].([]any); m["name"] != "ct-data" && len(cmd) > 0 {
+				t.Fatalf("value %q registered the command %v as %q", v, cmd, m["name"])
+			}
+		}
+	}
+	if msg := rejectedOf(t, p, "ct-data-json"); !strings.Contains(msg, "-allow-data-commands") {
+		t.Errorf("a whole declaration with a command: status shows %q, want the rejection naming -allow-data-commands", msg)
+	}
+	if strings.Contains(p.readDest("policy")+p.readDest("json"), "INJECTED") {
+		t.Fatal("data reached the rendered file")
+	}
+}
+
+// TestConsulTemplatePolicyKeptAcrossRestart: consul-template's first
+// render pass after a start runs before it has fetched any key, so every
+// start passes an empty -policy= first. That pass must keep the policy
+// stored by the last run rather than fall back to the template's values,
+// or a bad policy present at the restart would "keep" those instead of the
+// last good merged declaration (issue 14).
+func TestConsulTemplatePolicyKeptAcrossRestart(t *testing.T) {
+	t.Parallel()
+	const policyKey = "it/ct-restart/policy"
+	tmpl := []ctTemplate{{
+		name: "restart",
+		body: `{{ plugin "ct-supervise" "register" "-name=ct-restart" "-n=3" (printf "-policy=%s" (key "` + policyKey + `")) "true" -}}` +
+			"\npolicy={{ key \"" + policyKey + "\" }}\n",
+	}}
+	n := newNode(t, "node-1")
+	once := func(policy string) *ctNode {
+		t.Helper()
+		putKV(t, policyKey, policy)
+		p := startConsulTemplateOn(t, n, tmpl, true)
+		if code, exited := p.wait(60 * time.Second); !exited || code != 0 {
+			t.Fatalf("consul-template -once with the policy %s: exited %t, status %d", policy, exited, code)
+		}
+		if got, want := p.readDest("restart"), "policy="+policy+"\n"; got != want {
+			t.Fatalf("rendered %q, want %q", got, want)
+		}
+		return p
+	}
+
+	p := once(`{"n": 2}`)
+	if a := actionOf(t, p, "ct-restart"); a["n"] != float64(2) {
+		t.Fatalf("after the first run the action is %v, want n=2 from the policy", a)
+	}
+	p = once(`{"n": 0}`)
+	if a := actionOf(t, p, "ct-restart"); a["n"] != float64(2) {
+		t.Fatalf("after a restart with a bad policy the action is %v, want the last good n=2 (not the template's 3)", a)
+	}
+	if msg := rejectedOf(t, p, "ct-restart"); !strings.Contains(msg, "-n must be at least 1") {
+		t.Fatalf("status shows %q for the bad policy, want its rejection", msg)
 	}
 }
 

@@ -156,7 +156,7 @@ func (n *node) mustRun(args ...string) result {
 // worker's lock, not the process table: a dead worker may linger as a
 // zombie until init reaps it, but its lock is gone.
 func (n *node) workerPID() int {
-	pid, err := worker.RunningPID(filepath.Join(n.stateDir, worker.LockFile))
+	pid, err := worker.RunningPIDIn(n.stateDir)
 	if err != nil {
 		n.t.Errorf("worker of %s: %v", n.name, err)
 	}

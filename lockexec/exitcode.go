@@ -11,10 +11,17 @@ const (
 	ExitInternal          = 70  // any other failure of ct-supervise itself (EX_SOFTWARE)
 	ExitNotAcquired       = 75  // lock not acquired within -try (EX_TEMPFAIL)
 	ExitLockLost          = 76  // lock lost while the command ran; it was terminated
+	ExitPermissionDenied  = 77  // Consul's ACLs refused a request (EX_NOPERM)
 	ExitLimitMismatch     = 78  // another holder uses the prefix with another -n (EX_CONFIG)
 	ExitTimeout           = 124 // the command ran past -timeout, as timeout(1) reports it
+	ExitNotExecutable     = 126 // the command exists but cannot be executed, as shells report it
+	ExitNotFound          = 127 // the command does not exist, as shells report it
 	ExitInterrupted       = 130 // interrupted by a signal before the command finished
 )
+
+// ExitConfig is for configuration that cannot work, such as a CA file that
+// cannot be read (EX_CONFIG, shared with ExitLimitMismatch).
+const ExitConfig = 78
 
 // ExitStatus maps the outcome of Run onto the status `ct-supervise run`
 // exits with: the child's own status when it ran to completion under the
@@ -25,6 +32,8 @@ func ExitStatus(res Result, err error) int {
 		return res.ExitCode
 	case errors.Is(err, ErrInvalidOptions):
 		return ExitUsage
+	case errors.Is(err, ErrPermissionDenied):
+		return ExitPermissionDenied
 	case errors.Is(err, ErrConsulUnreachable):
 		return ExitConsulUnreachable
 	case errors.Is(err, ErrNotAcquired):
@@ -33,6 +42,10 @@ func ExitStatus(res Result, err error) int {
 		return ExitLockLost
 	case errors.Is(err, ErrLimitMismatch):
 		return ExitLimitMismatch
+	case errors.Is(err, ErrCommandNotFound):
+		return ExitNotFound
+	case errors.Is(err, ErrCommandNotExecutable):
+		return ExitNotExecutable
 	case errors.Is(err, ErrTimeout):
 		return ExitTimeout
 	case errors.Is(err, ErrInterrupted):

@@ -60,8 +60,10 @@ func TestRunFastCommandsQueueWithoutSleeping(t *testing.T) {
 }
 
 // TestRunSemaphorePrunesDeadHolder fills a semaphore with holders whose
-// sessions then die without giving their slots back: a waiter must notice
-// and take a slot within a few seconds.
+// sessions then die without giving their slots back: a waiter must take a
+// slot once the lock delay has passed since it saw the holder gone (the
+// dead holder may be a frozen node whose command the fence is still
+// stopping), and not before.
 func TestRunSemaphorePrunesDeadHolder(t *testing.T) {
 	t.Parallel()
 	client := testClient(t)
@@ -89,6 +91,8 @@ func TestRunSemaphorePrunesDeadHolder(t *testing.T) {
 
 	dir := t.TempDir()
 	opts := shellOpts(t, prefix, limit, "touch "+dir+"/ran")
+	opts.KillGrace = time.Second
+	opts.LockDelay = 8 * time.Second // the least the fence allows with that grace, to keep the test short
 	run := startRun(t, context.Background(), lockexec.New(client), opts)
 	waitOurSession(t, client, prefix)
 	time.Sleep(300 * time.Millisecond)
@@ -102,12 +106,15 @@ func TestRunSemaphorePrunesDeadHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	died := time.Now()
-	if _, err := run.wait(t, 20*time.Second); err != nil {
+	if _, err := run.wait(t, opts.LockDelay+20*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	took := time.Since(died)
 	t.Logf("the dead holder's slot was taken after %s", took)
-	if took > 10*time.Second {
+	if took < opts.LockDelay {
+		t.Errorf("the dead holder's slot was taken after %s, before the lock delay of %s", took, opts.LockDelay)
+	}
+	if took > opts.LockDelay+10*time.Second {
 		t.Errorf("the dead holder's slot was taken only after %s", took)
 	}
 	if !fileExists(dir + "/ran") {

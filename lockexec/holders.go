@@ -24,7 +24,16 @@ type semaphoreLockValue struct {
 
 // Holders lists who holds the lock or semaphore at prefix right now, for
 // `ct-supervise status`. An unused prefix has no holders.
+//
+// Every request is bounded by callTimeout within q's own context, so that a
+// frozen agent cannot hang status.
 func (r *Runner) Holders(prefix string, q *api.QueryOptions) ([]Holder, error) {
+	if q == nil {
+		q = &api.QueryOptions{}
+	}
+	ctx, cancel := callCtx(q.Context())
+	defer cancel()
+	q = q.WithContext(ctx)
 	pair, _, err := r.client.KV().Get(prefix+"/"+LockKeySuffix, q)
 	if err != nil {
 		return nil, fmt.Errorf("reading lock key: %w", err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -28,7 +27,19 @@ type holder interface {
 	// cleanup deletes the lock key if nobody uses it any more. Errors
 	// only mean that the key is left in place.
 	cleanup() error
+
+	// sentAt is when acquire sent its last request: once it returned
+	// holding the lock, the moment from which the fence counts.
+	sentAt() time.Time
 }
+
+// sendClock records when a holder last sent a request while acquiring.
+type sendClock struct{ sent time.Time }
+
+// mark records that a request is about to be sent.
+func (c *sendClock) mark() { c.sent = time.Now() }
+
+func (c *sendClock) sentAt() time.Time { return c.sent }
 
 const (
 	// blockingWait bounds one blocking query. Consul would wait up to ten
@@ -40,7 +51,17 @@ const (
 	// caller's context: one cancelled in flight may still have been
 	// applied, and we would then hold the lock without knowing it until
 	// the session's destruction freed it, with a lock-delay.
-	writeTimeout = 10 * time.Second
+	writeTimeout = callTimeout
+
+	// callTimeout bounds every request that is not a blocking query: a
+	// frozen agent (SIGSTOP, a stalled VM) accepts the connection and
+	// then answers nothing, and without a deadline we would wait with it.
+	callTimeout = 10 * time.Second
+
+	// blockingSlack is added to a blocking query's wait for its deadline:
+	// Consul adds up to wait/16 of jitter, and the answer needs a moment to
+	// come back.
+	blockingSlack = 5 * time.Second
 
 	// The backoff used when Consul refuses us for a moment (a lock-delay,
 	// a lost race, too many connections): quick at first, since most of
@@ -71,6 +92,7 @@ type lockHolder struct {
 	retries int
 	retryIn time.Duration
 	log     hclog.Logger
+	sendClock
 
 	stopMonitor context.CancelFunc
 	monitorDone chan struct{}
@@ -104,6 +126,7 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 		if ctx.Err() != nil {
 			return nil, waitEnded(ctx)
 		}
+		l.mark()
 		pair, meta, again, err := waitRead(ctx, kv, l.key, index, blockingWait, bo)
 		if err != nil {
 			return nil, err
@@ -141,7 +164,7 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 			return ok, err
 		})
 		switch {
-		case err != nil && isTooManyRequests(err):
+		case err != nil && isTransient(err):
 			contended = true
 		case err != nil:
 			return nil, fmt.Errorf("acquiring the lock key %q: %w", l.key, err)
@@ -158,6 +181,7 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 
 // write runs one write bounded by writeTimeout.
 func (l *lockHolder) write(f func(*api.KV, *api.WriteOptions) (bool, error)) (bool, error) {
+	l.mark()
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
 	return f(l.client.KV(), (&api.WriteOptions{}).WithContext(ctx))
@@ -214,9 +238,12 @@ func (l *lockHolder) cleanup() error {
 }
 
 // watchKey watches key with blocking queries until still reports false for
-// it, ctx is done, or reading fails more than retries times in a row
-// (waiting retryIn between tries). Only errors that may pass (Consul's
-// 500s and 429s, a connection that failed) are retried.
+// it, ctx is done, or reading fails in a way that does not pass: an agent
+// that refuses the connection more than retries times in a row (waiting
+// retryIn between tries), or an answer such as a 403. Transient errors
+// (Consul's 5xx and 429s, a read that timed out) are retried every retryIn
+// without limit: the fence stops the command if the session cannot be
+// confirmed meanwhile.
 func watchKey(ctx context.Context, client *api.Client, key string, retries int, retryIn time.Duration,
 	log hclog.Logger, still func(*api.KVPair) bool) {
 	kv := client.KV()
@@ -225,14 +252,22 @@ func watchKey(ctx context.Context, client *api.Client, key string, retries int, 
 	for {
 		// Consistent reads: a stale follower must not tell us we still
 		// hold what we lost, nor the reverse.
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait, RequireConsistent: true}).WithContext(ctx)
+		rctx, cancel := blockingCtx(ctx, blockingWait)
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait, RequireConsistent: true}).WithContext(rctx)
 		pair, meta, err := kv.Get(key, q)
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			if left > 0 && (api.IsRetryableError(err) || isTooManyRequests(err)) {
-				left--
+			// Consul recovering, or an agent that does not answer, is
+			// ridden out for as long as the fence allows; an agent that
+			// refuses the connection only MonitorRetries times.
+			transient := isTransient(err)
+			if transient || (left > 0 && api.IsRetryableError(err)) {
+				if !transient {
+					left--
+				}
 				log.Debug("monitor read failed; retrying", "key", key, "retries_left", left, "error", err)
 				index = 0
 				if sleepCtx(ctx, retryIn) != nil {
@@ -251,6 +286,18 @@ func watchKey(ctx context.Context, client *api.Client, key string, retries int, 
 	}
 }
 
+// blockingCtx is ctx with the deadline of one blocking query waiting up to
+// wait: past it the agent is not answering, and the caller treats that
+// like any other failed read.
+func blockingCtx(ctx context.Context, wait time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, wait+wait/16+blockingSlack)
+}
+
+// callCtx is ctx with the deadline of one ordinary request.
+func callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, callTimeout)
+}
+
 // nextIndex is the wait index for the next blocking query. Consul's index
 // may go backwards (a snapshot restore, a new leader's view); waiting on
 // the old one would then block for the whole wait, so start over.
@@ -267,13 +314,17 @@ func nextIndex(prev, last uint64) uint64 {
 // wait. again reports a refusal for too many connections, already waited
 // out with bo: read afresh. A read that ctx ended returns waitEnded.
 func waitRead(ctx context.Context, kv *api.KV, key string, index uint64, wait time.Duration, bo *backoff) (pair *api.KVPair, meta *api.QueryMeta, again bool, err error) {
-	pair, meta, err = kv.Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
+	rctx, cancel := blockingCtx(ctx, wait)
+	defer cancel()
+	pair, meta, err = kv.Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(rctx))
 	switch {
 	case err == nil:
 		return pair, meta, false, nil
 	case ctx.Err() != nil:
 		return nil, nil, false, waitEnded(ctx)
-	case isTooManyRequests(err):
+	case isTransient(err):
+		// Consul recovering (a leader election, too many requests) or an
+		// agent that did not answer in time: wait and read again.
 		if err := bo.wait(ctx); err != nil {
 			return nil, nil, false, err
 		}
@@ -285,17 +336,6 @@ func waitRead(ctx context.Context, kv *api.KV, key string, index uint64, wait ti
 
 func waitEnded(ctx context.Context) error {
 	return fmt.Errorf("waiting for the lock: %w", context.Cause(ctx))
-}
-
-// isTooManyRequests reports whether Consul turned us away for having too
-// many connections or requests: that passes, so it is worth waiting out.
-func isTooManyRequests(err error) bool {
-	var se api.StatusError
-	if errors.As(err, &se) {
-		return se.Code == http.StatusTooManyRequests
-	}
-	var sep *api.StatusError
-	return errors.As(err, &sep) && sep.Code == http.StatusTooManyRequests
 }
 
 // sleepCtx sleeps for d or until ctx is done, returning the cause then.

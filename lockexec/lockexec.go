@@ -61,7 +61,18 @@ var (
 
 	// ErrTimeout means the command ran longer than Options.Timeout and was
 	// terminated.
-	ErrTimeout = errors.New("command exceeded its -timeout")
+	ErrTimeout = errors.New("command exceeded its -command-timeout")
+
+	// ErrPermissionDenied means Consul's ACLs refused a request (403): the
+	// token may not write the lock's keys or create sessions.
+	ErrPermissionDenied = errors.New("permission denied by Consul")
+
+	// ErrCommandNotFound means the command does not exist; nothing ran.
+	ErrCommandNotFound = errors.New("command not found")
+
+	// ErrCommandNotExecutable means the command exists but cannot be
+	// executed (no permission, not a program); nothing ran.
+	ErrCommandNotExecutable = errors.New("command not executable")
 
 	// ErrInterrupted means a signal or a cancelled context stopped the run,
 	// before or while the command ran.
@@ -99,12 +110,18 @@ type Options struct {
 
 	// LockDelay is the session's lock-delay, applied by Consul only when a
 	// session is invalidated while holding the lock (never on a clean
-	// release). Zero means Consul's default (15s).
+	// release). Zero means DefaultLockDelay, Consul's default. The fence
+	// stops the command before it runs out; semaphore contenders wait as
+	// long before reusing a vanished holder's slot, so every holder on a
+	// prefix must use the same one. It must leave the fence room: see
+	// fence.go.
 	LockDelay time.Duration
 
-	// Command is the command line. With Shell it is joined with spaces and
-	// run by /bin/sh -c; without, a single element is split on white space
-	// and the first word is executed directly. Required.
+	// Command is a command line (one element) or an argument vector
+	// (several). A command line is run by /bin/sh -c with Shell, and
+	// split on white space without. An argument vector runs exactly as
+	// given: directly, or with Shell as a script of its elements each
+	// quoted. Required.
 	Command []string
 
 	// Shell runs Command through /bin/sh -c.
@@ -139,6 +156,15 @@ type Options struct {
 	// before the command starts. It must return quickly: the worker uses it
 	// to tell "waiting for the lock" from "running" in status.
 	OnAcquired func()
+
+	// OnSession, if not nil, is called with the session ID as soon as the
+	// session exists, before waiting for the lock. It must return quickly.
+	OnSession func(id string)
+
+	// OnStarted, if not nil, is called with the child's pid (which is also
+	// its process group ID) as soon as it has started. It must return
+	// quickly.
+	OnStarted func(pid int)
 }
 
 // Result reports what happened. It is meaningful even when Run returns an

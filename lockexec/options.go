@@ -15,12 +15,22 @@ const (
 	maxSessionTTL = 24 * time.Hour
 )
 
+// invalid is an error wrapping ErrInvalidOptions.
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidOptions, fmt.Sprintf(format, args...))
+}
+
 // validate reports the first problem with opts as an error wrapping
 // ErrInvalidOptions. It never talks to Consul.
 func (o *Options) validate() error {
-	invalid := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrInvalidOptions, fmt.Sprintf(format, args...))
+	if err := o.validateLock(); err != nil {
+		return err
 	}
+	return o.validateCommand()
+}
+
+// validateLock checks what Acquire uses.
+func (o *Options) validateLock() error {
 	switch {
 	case o.Prefix == "":
 		return invalid("the lock prefix is required")
@@ -44,7 +54,6 @@ func (o *Options) validate() error {
 		{"monitor retry time", o.MonitorRetryTime},
 		{"session TTL", o.SessionTTL},
 		{"lock delay", o.LockDelay},
-		{"timeout", o.Timeout},
 		{"kill grace", o.KillGrace},
 	}
 	for _, d := range durations {
@@ -54,6 +63,29 @@ func (o *Options) validate() error {
 	}
 	if o.SessionTTL != 0 && (o.SessionTTL < minSessionTTL || o.SessionTTL > maxSessionTTL) {
 		return invalid("the session TTL must be between %s and %s, got %s", minSessionTTL, maxSessionTTL, o.SessionTTL)
+	}
+	if slack := fenceSlack(o.LockDelay, o.killGrace()); slack < minFenceSlack {
+		return invalid("the lock delay %s is too short to stop the command in time: it must exceed the kill grace (at most %s) by at least %s",
+			o.LockDelay, maxFenceKillGrace, fenceMargin+minFenceSlack)
+	}
+	return nil
+}
+
+// killGrace is KillGrace or its default.
+func (o *Options) killGrace() time.Duration {
+	if o.KillGrace == 0 {
+		return DefaultKillGrace
+	}
+	return o.KillGrace
+}
+
+// validateCommand checks what RunCommand uses.
+func (o *Options) validateCommand() error {
+	if o.Timeout < 0 {
+		return invalid("the timeout must not be negative, got %s", o.Timeout)
+	}
+	if o.KillGrace < 0 {
+		return invalid("the kill grace must not be negative, got %s", o.KillGrace)
 	}
 	if len(o.Command) == 0 {
 		return invalid("a command is required")
@@ -101,26 +133,49 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// argv is the command line to execute. With Shell the words are handed to
-// /bin/sh as one script; otherwise a lone string is split on white space
-// (no quoting, as documented) and several strings are used as they are, so
-// callers that already have an argv need not worry about spaces.
+// argv is the command line to execute. One element is a command line:
+// with Shell it is /bin/sh's script as written, without it is split on
+// white space (no quoting, as documented). Several elements are an
+// argument vector, executed exactly as given: without Shell directly, with
+// Shell as a script of the elements each quoted, so that no element (from
+// a JSON array in KV, say) is ever read as shell syntax. A blank command,
+// or an argument vector whose program is blank, gives nil.
 func (o *Options) argv() []string {
 	switch {
-	case o.Shell:
-		script := strings.Join(o.Command, " ")
-		if strings.TrimSpace(script) == "" {
-			return nil
-		}
-		return []string{"/bin/sh", "-c", script}
+	case len(o.Command) == 0:
+		return nil
+	case len(o.Command) == 1 && strings.TrimSpace(o.Command[0]) == "":
+		return nil
+	case len(o.Command) == 1 && o.Shell:
+		return []string{"/bin/sh", "-c", o.Command[0]}
 	case len(o.Command) == 1:
 		return strings.Fields(o.Command[0])
+	case strings.TrimSpace(o.Command[0]) == "":
+		return nil
+	case o.Shell:
+		quoted := make([]string, len(o.Command))
+		for i, c := range o.Command {
+			quoted[i] = shellQuote(c)
+		}
+		return []string{"/bin/sh", "-c", strings.Join(quoted, " ")}
 	default:
 		return o.Command
 	}
+}
+
+// shellQuote quotes s as one word for /bin/sh: inside single quotes
+// nothing is special but the single quote itself, which closes the quoted
+// part, adds an escaped quote and opens a new one.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // lockKey is the key a lock holds and a semaphore keeps its state in.
 func (o *Options) lockKey() string {
 	return o.Prefix + "/" + LockKeySuffix
 }
+
+// Argv is the command line Options.Command and Options.Shell run as: the
+// same rules for every command ct-supervise starts (a pre-flight check
+// included).
+func (o Options) Argv() []string { return o.argv() }

@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"strings"
 	"syscall"
 	"time"
 
@@ -38,7 +35,7 @@ func New(client *api.Client) *Runner {
 // Run acquires the lock (Limit 1) or a slot of the semaphore (Limit > 1) at
 // opts.Prefix, runs the command while holding it and gives everything back
 // before returning: the lock is released and the session destroyed whatever
-// happened.
+// happened. It is Acquire, Lease.RunCommand and Lease.Release in a row.
 //
 // A command that runs to completion under the lock is a success whatever
 // its exit status: err is nil and Result.ExitCode carries the status. Errors
@@ -55,61 +52,94 @@ func (r *Runner) Run(ctx context.Context, opts Options) (res Result, err error) 
 	if err := opts.validate(); err != nil {
 		return res, err
 	}
-	if r == nil || r.client == nil {
-		return res, fmt.Errorf("%w: no Consul client", ErrInvalidOptions)
-	}
-	if err := ctx.Err(); err != nil {
-		return res, fmt.Errorf("%w before start: %v", ErrInterrupted, err)
-	}
-
-	rn := &run{client: r.client, opts: opts.withDefaults()}
-	rn.log = rn.opts.Logger
-
-	if err := rn.createSession(); err != nil {
-		return res, err
-	}
-	res.Session = rn.session
-	defer func() {
-		if ferr := rn.finish(); ferr != nil && err == nil {
-			err = ferr
-		}
-	}()
-
-	start := time.Now()
-	lost, err := rn.acquire(ctx)
-	res.Waited = time.Since(start)
+	lease, err := r.acquire(ctx, opts, &res)
 	if err != nil {
 		return res, err
 	}
-	rn.log.Debug("lock acquired", "prefix", rn.opts.Prefix, "n", rn.opts.Limit,
-		"waited", res.Waited.Round(time.Millisecond))
-	if err := ctx.Err(); err != nil {
-		// Cancelled as the lock came in: do not start what we would stop.
-		return res, fmt.Errorf("%w before the command started: %v", ErrInterrupted, err)
+	defer func() {
+		if rerr := lease.Release(); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+	if lease.rn.opts.OnAcquired != nil {
+		lease.rn.opts.OnAcquired()
 	}
-	if rn.opts.OnAcquired != nil {
-		rn.opts.OnAcquired()
-	}
-
-	err = rn.runChild(ctx, lost, &res)
-	return res, err
+	return lease.runCommand(ctx, lease.rn.opts, res)
 }
 
-// run is the state of one Run, from session creation to clean-up.
+// Acquire takes the lock or a slot of the semaphore at opts.Prefix and
+// returns it as a Lease, whose Context is cancelled if it is lost or can no
+// longer be confirmed in time. Only the lock's options are used (Prefix,
+// Limit, the session's settings, Try, MonitorRetries, Signals while
+// waiting, OnSession, Logger); KillGrace bounds how long the fence leaves
+// for stopping what runs under it. The caller must call Release.
+//
+// ctx bounds the whole lease: cancelling it also cancels Context.
+func (r *Runner) Acquire(ctx context.Context, opts Options) (*Lease, error) {
+	if err := opts.validateLock(); err != nil {
+		return nil, err
+	}
+	var res Result
+	return r.acquire(ctx, opts, &res)
+}
+
+// acquire creates the session and waits for the lock, filling in res.Session
+// and res.Waited. On error it has already given back whatever it took.
+func (r *Runner) acquire(ctx context.Context, opts Options, res *Result) (*Lease, error) {
+	if r == nil || r.client == nil {
+		return nil, fmt.Errorf("%w: no Consul client", ErrInvalidOptions)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w before start: %v", ErrInterrupted, err)
+	}
+	rn := &run{client: r.client, opts: opts.withDefaults()}
+	rn.log = rn.opts.Logger
+	if err := rn.createSession(); err != nil {
+		return nil, err
+	}
+	res.Session = rn.session
+	if rn.opts.OnSession != nil {
+		rn.opts.OnSession(rn.session)
+	}
+
+	start := time.Now()
+	err := rn.acquire(ctx)
+	res.Waited = time.Since(start)
+	if err == nil && ctx.Err() != nil {
+		// Cancelled as the lock came in: do not start what we would stop.
+		err = fmt.Errorf("%w before the command started: %v", ErrInterrupted, ctx.Err())
+	}
+	if err != nil {
+		_ = rn.finish() // logged there; the wait's error says more
+		return nil, err
+	}
+	rn.log.Debug("lock acquired", "prefix", rn.opts.Prefix, "n", rn.opts.Limit,
+		"waited", res.Waited.Round(time.Millisecond))
+	return newLease(ctx, rn), nil
+}
+
+// run is the state of one lease, from session creation to clean-up.
 type run struct {
 	client *api.Client
 	opts   Options
 	log    hclog.Logger
 
 	session   string
+	fence     *fence
+	renew     *renewer
 	stopRenew context.CancelFunc
 	renewDone chan struct{}
+	// gone is closed, goneErr set first, when Consul says the session no
+	// longer exists.
+	gone    chan struct{}
+	goneErr error
 
 	// held is true while we hold the lock or slot, gotIt once we have
 	// held it at all. lock takes and gives it back; setUpLock sets it.
 	held  bool
 	gotIt bool
 	lock  holder
+	lost  <-chan struct{} // closed by the holder's monitor when the lock goes
 }
 
 // createSession creates the session that holds the lock and starts renewing
@@ -130,12 +160,17 @@ func (rn *run) createSession() error {
 		LockDelay: o.LockDelay,
 		Behavior:  behavior,
 	}
-	// Not bound to ctx: cancelled in flight, the request could leave a
-	// session behind whose ID we never learnt. It is one short request, and
-	// acquire looks at ctx straight after.
-	id, _, err := rn.client.Session().Create(entry, nil)
+	// Not bound to the caller's ctx: cancelled in flight, the request could
+	// leave a session behind whose ID we never learnt. It is one short
+	// request, bounded by callTimeout, and acquire looks at ctx straight
+	// after.
+	cctx, cancel := callCtx(context.Background())
+	defer cancel()
+	id, _, err := rn.client.Session().Create(entry, (&api.WriteOptions{}).WithContext(cctx))
 	if err != nil {
 		switch {
+		case isPermissionDenied(err):
+			return fmt.Errorf("%w: creating session %q: %v", ErrPermissionDenied, o.SessionName, err)
 		case isUnreachable(err):
 			return fmt.Errorf("%w: creating session: %v", ErrConsulUnreachable, err)
 		default:
@@ -144,22 +179,34 @@ func (rn *run) createSession() error {
 	}
 	rn.session = id
 	rn.log.Debug("session created", "session", id, "name", o.SessionName, "ttl", o.SessionTTL, "behavior", behavior)
+	rn.startRenewing()
+	return nil
+}
 
-	// Renewal is stopped by cancelling its context rather than through its
-	// done channel: the latter would destroy the session in the background,
-	// and we want that to happen in finish, in order, and checked.
+// startRenewing starts the renewer. It is stopped by cancelling its
+// context: finish then destroys the session itself, in order, and checked.
+func (rn *run) startRenewing() {
+	rn.fence = newFence(rn.opts.LockDelay, rn.opts.KillGrace)
+	rn.gone = make(chan struct{})
+	rn.renew = &renewer{
+		client:  rn.client,
+		session: rn.session,
+		ttl:     rn.opts.SessionTTL,
+		fence:   rn.fence,
+		log:     rn.log,
+		kick:    make(chan struct{}, 1),
+		onGone: func(err error) {
+			rn.goneErr = err
+			close(rn.gone)
+		},
+	}
 	renewCtx, cancel := context.WithCancel(context.Background())
 	rn.stopRenew = cancel
 	rn.renewDone = make(chan struct{})
 	go func() {
 		defer close(rn.renewDone)
-		err := rn.client.Session().RenewPeriodic(entry.TTL, id, (&api.WriteOptions{}).WithContext(renewCtx), nil)
-		if err != nil && renewCtx.Err() == nil {
-			// The monitor notices the lock going away; this says why.
-			rn.log.Warn("session renewal stopped", "session", id, "error", err)
-		}
+		rn.renew.run(renewCtx)
 	}()
-	return nil
 }
 
 // acquireResult is what the holder's acquire returned.
@@ -169,12 +216,12 @@ type acquireResult struct {
 }
 
 // acquire blocks until we hold the lock or a slot, -try runs out, ctx is
-// cancelled or a stop signal arrives. It returns the channel closed when
-// the lock is lost.
-func (rn *run) acquire(ctx context.Context) (<-chan struct{}, error) {
+// cancelled, a stop signal arrives or the session is invalidated. Once
+// held, the fence starts counting from the request that took it.
+func (rn *run) acquire(ctx context.Context) error {
 	rn.setUpLock()
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%w before waiting for the lock: %v", ErrInterrupted, err)
+		return fmt.Errorf("%w before waiting for the lock: %v", ErrInterrupted, err)
 	}
 	rn.log.Debug("waiting for the lock", "prefix", rn.opts.Prefix, "n", rn.opts.Limit, "try", rn.opts.Try)
 
@@ -198,18 +245,20 @@ func (rn *run) acquire(ctx context.Context) (<-chan struct{}, error) {
 	// does within a round trip: if it won the lock meanwhile, finish must
 	// know, so that it gives it back cleanly instead of leaving it to the
 	// session's destruction and the lock-delay that comes with it.
-	var interrupted string
-	signals, done := rn.opts.Signals, ctx.Done()
+	var stopped error // why we stopped waiting, once we did
+	signals, done, gone := rn.opts.Signals, ctx.Done(), rn.gone
 	for {
 		select {
 		case a := <-results:
-			if interrupted == "" && ctx.Err() != nil {
-				interrupted = ctx.Err().Error()
+			if stopped == nil && ctx.Err() != nil {
+				stopped = fmt.Errorf("%w while waiting for the lock: %v", ErrInterrupted, ctx.Err())
 			}
-			return rn.acquired(a, interrupted)
+			return rn.acquired(a, stopped)
 		case <-done:
-			interrupted, done, signals = ctx.Err().Error(), nil, nil
-			stop(ErrInterrupted)
+			stopped = fmt.Errorf("%w while waiting for the lock: %v", ErrInterrupted, ctx.Err())
+		case <-gone:
+			stopped = fmt.Errorf("%w: session %s was invalidated while waiting for the lock on %q",
+				ErrConsulUnreachable, rn.session, rn.opts.Prefix)
 		case sig, ok := <-signals:
 			if !ok {
 				signals = nil
@@ -219,9 +268,10 @@ func (rn *run) acquire(ctx context.Context) (<-chan struct{}, error) {
 				rn.log.Debug("ignoring signal while waiting for the lock", "signal", sig)
 				continue
 			}
-			interrupted, done, signals = "received "+sig.String(), nil, nil
-			stop(ErrInterrupted)
+			stopped = fmt.Errorf("%w while waiting for the lock: received %s", ErrInterrupted, sig)
 		}
+		signals, done, gone = nil, nil, nil
+		stop(ErrInterrupted)
 	}
 }
 
@@ -234,38 +284,46 @@ func (rn *run) setUpLock() {
 	}
 }
 
-// acquired turns the holder's answer into ours. interrupted, if not empty,
-// says why we stopped waiting.
-func (rn *run) acquired(a acquireResult, interrupted string) (<-chan struct{}, error) {
+// acquired turns the holder's answer into ours. stopped, if not nil, says
+// why we stopped waiting.
+func (rn *run) acquired(a acquireResult, stopped error) error {
 	o := &rn.opts
 	if a.err == nil {
 		rn.held, rn.gotIt = true, true
+		rn.fence.confirm(rn.lock.sentAt())
+		rn.renew.hold()
+		rn.lost = a.lost
 	}
 	switch {
-	case interrupted != "":
-		rn.log.Debug("stopped waiting for the lock", "prefix", o.Prefix, "reason", interrupted)
-		return nil, fmt.Errorf("%w while waiting for the lock: %s", ErrInterrupted, interrupted)
+	case stopped != nil:
+		rn.log.Debug("stopped waiting for the lock", "prefix", o.Prefix, "reason", stopped)
+		return stopped
 	case a.err == nil:
-		return a.lost, nil
+		return nil
 	case errors.Is(a.err, errTryExpired):
 		rn.log.Debug("lock not acquired in time", "prefix", o.Prefix, "try", o.Try)
-		return nil, fmt.Errorf("%w: %q still held after %s", ErrNotAcquired, o.Prefix, o.Try)
+		return fmt.Errorf("%w: %q still held after %s", ErrNotAcquired, o.Prefix, o.Try)
 	}
-	return nil, rn.acquireError(a.err)
+	return rn.acquireError(a.err)
 }
 
 // acquireError classifies an error from the holder's acquire.
 func (rn *run) acquireError(err error) error {
 	o := &rn.opts
-	if isConflict(err) {
+	switch {
+	case isConflict(err):
 		return rn.mismatch()
-	}
-	if isUnreachable(err) {
+	case isPermissionDenied(err):
+		return fmt.Errorf("%w: acquiring the lock on %q as session %s: %v", ErrPermissionDenied, o.Prefix, rn.session, err)
+	case isUnreachable(err):
 		return fmt.Errorf("%w: acquiring the lock on %q: %v", ErrConsulUnreachable, o.Prefix, err)
 	}
 	// A 500 may be Consul losing its servers: ask whether it is still
 	// there.
-	if leader, perr := rn.client.Status().Leader(); (perr != nil && isUnreachable(perr)) || (perr == nil && leader == "") {
+	ctx, cancel := callCtx(context.Background())
+	defer cancel()
+	leader, perr := rn.client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+	if (perr != nil && isUnreachable(perr)) || (perr == nil && leader == "") {
 		return fmt.Errorf("%w: acquiring the lock on %q: %v", ErrConsulUnreachable, o.Prefix, err)
 	}
 	return fmt.Errorf("acquiring the lock on %q: %w", o.Prefix, err)
@@ -282,7 +340,9 @@ func isConflict(err error) bool {
 func (rn *run) mismatch() error {
 	o := &rn.opts
 	theirs, inUse := "another limit", true
-	pair, _, err := rn.client.KV().Get(o.lockKey(), nil)
+	ctx, cancel := callCtx(context.Background())
+	defer cancel()
+	pair, _, err := rn.client.KV().Get(o.lockKey(), (&api.QueryOptions{}).WithContext(ctx))
 	switch {
 	case err != nil || pair == nil:
 		// Gone or unreadable since we looked: keep the generic words.
@@ -322,116 +382,6 @@ func describeLimit(n int) string {
 		return "-n=1 (a lock)"
 	}
 	return fmt.Sprintf("-n=%d", n)
-}
-
-// runChild runs the command while we hold the lock and waits for it,
-// stopping it if the lock is lost, the timeout expires or we are told to
-// stop.
-func (rn *run) runChild(ctx context.Context, lost <-chan struct{}, res *Result) error {
-	o := &rn.opts
-	c, err := startChild(o)
-	if err != nil {
-		return fmt.Errorf("starting the command: %w", err)
-	}
-	started := time.Now()
-	res.Started = true
-	rn.log.Debug("command started", "pid", c.pid(), "command", o.argv())
-
-	var timeout <-chan time.Time
-	if o.Timeout > 0 {
-		t := time.NewTimer(o.Timeout)
-		defer t.Stop()
-		timeout = t.C
-	}
-
-	var (
-		stopErr   error            // why we are stopping the command, once we are
-		kill      <-chan time.Time // fires KillGrace after we started stopping it
-		killTimer *time.Timer
-	)
-	defer func() {
-		if killTimer != nil {
-			killTimer.Stop()
-		}
-	}()
-	// stopping records the first reason to stop the command and arms the
-	// SIGKILL that follows if it does not go in time. Later reasons change
-	// nothing: the command is already on its way out.
-	stopping := func(why error) bool {
-		if stopErr != nil {
-			return false
-		}
-		stopErr = why
-		killTimer = time.NewTimer(o.KillGrace)
-		kill = killTimer.C
-		return true
-	}
-	terminate := func(why error) {
-		if stopping(why) {
-			if err := c.signal(syscall.SIGTERM); err != nil {
-				rn.log.Warn("could not send SIGTERM to the command", "pid", c.pid(), "error", err)
-			}
-		}
-	}
-
-	signals := o.Signals
-	ctxDone := ctx.Done()
-	for {
-		select {
-		case <-c.done:
-			res.Ran = time.Since(started)
-			res.ExitCode = c.exitCode()
-			if c.err != nil && errors.Is(c.err, exec.ErrWaitDelay) {
-				rn.log.Debug("command left its output open behind it", "pid", c.pid())
-			}
-			rn.log.Debug("command exited", "pid", c.pid(), "exit_code", res.ExitCode, "ran", res.Ran.Round(time.Millisecond))
-			if stopErr != nil {
-				if c.killLeftovers() {
-					rn.log.Debug("killed what the command left running", "pgid", c.pid())
-				}
-				return fmt.Errorf("%w (prefix %q)", stopErr, o.Prefix)
-			}
-			return nil
-
-		case sig, ok := <-signals:
-			if !ok {
-				signals = nil
-				continue
-			}
-			rn.log.Debug("forwarding signal to the command", "signal", sig, "pid", c.pid())
-			if err := c.signal(sig); err != nil {
-				rn.log.Warn("could not forward signal to the command", "signal", sig, "error", err)
-			}
-			// INT and TERM ask us to stop: the command got the signal
-			// itself and has KillGrace to act on it, so that the lock is
-			// given back before whoever sent it loses patience with us.
-			if isStopSignal(sig) {
-				stopping(ErrInterrupted)
-			}
-
-		case <-lost:
-			lost = nil
-			rn.log.Warn("lock lost; stopping the command", "prefix", o.Prefix, "pid", c.pid())
-			terminate(ErrLockLost)
-
-		case <-timeout:
-			timeout = nil
-			rn.log.Warn("command exceeded its timeout; stopping it", "timeout", o.Timeout, "pid", c.pid())
-			terminate(fmt.Errorf("%w of %s", ErrTimeout, o.Timeout))
-
-		case <-ctxDone:
-			ctxDone = nil
-			rn.log.Debug("run cancelled; stopping the command", "pid", c.pid())
-			terminate(ErrInterrupted)
-
-		case <-kill:
-			kill = nil
-			rn.log.Warn("command did not exit in time; killing it", "grace", o.KillGrace, "pid", c.pid())
-			if err := c.signal(syscall.SIGKILL); err != nil {
-				rn.log.Warn("could not send SIGKILL to the command", "pid", c.pid(), "error", err)
-			}
-		}
-	}
 }
 
 // finish gives back everything Run took, in the order that lets the next
@@ -481,17 +431,4 @@ func (rn *run) finish() error {
 // for the command alone.
 func isStopSignal(sig os.Signal) bool {
 	return sig == syscall.SIGINT || sig == syscall.SIGTERM
-}
-
-// isUnreachable reports whether err means Consul could not be reached or
-// could not serve us at all, as opposed to refusing what we asked.
-func isUnreachable(err error) bool {
-	var netErr net.Error
-	if errors.As(err, &netErr) {
-		return true
-	}
-	// A reachable agent without servers or a leader cannot grant a session
-	// or a lock either.
-	msg := err.Error()
-	return strings.Contains(msg, "No cluster leader") || strings.Contains(msg, "No known Consul servers")
 }

@@ -107,7 +107,7 @@ func TestRunSessionSettings(t *testing.T) {
 				fmt.Sprintf(`touch %[1]s/started; while [ ! -e %[1]s/go ]; do sleep 0.05; done`, dir))
 			opts.SessionName = "custom " + prefix
 			opts.SessionTTL = 20 * time.Second
-			opts.LockDelay = 2 * time.Second
+			opts.LockDelay = 20 * time.Second
 			run := startRun(t, context.Background(), r, opts)
 			run.waitStarted(t, dir+"/started")
 
@@ -124,8 +124,8 @@ func TestRunSessionSettings(t *testing.T) {
 			if s == nil {
 				t.Fatalf("no session named %q", opts.SessionName)
 			}
-			if s.TTL != "20s" || s.LockDelay != 2*time.Second || s.Behavior != tc.behavior {
-				t.Errorf("session TTL=%s LockDelay=%s Behavior=%s, want 20s, 2s, %s", s.TTL, s.LockDelay, s.Behavior, tc.behavior)
+			if s.TTL != "20s" || s.LockDelay != 20*time.Second || s.Behavior != tc.behavior {
+				t.Errorf("session TTL=%s LockDelay=%s Behavior=%s, want 20s, 20s, %s", s.TTL, s.LockDelay, s.Behavior, tc.behavior)
 			}
 			pair, _, err := client.KV().Get(prefix+"/"+lockexec.LockKeySuffix, nil)
 			if err != nil || pair == nil {
@@ -448,6 +448,20 @@ func TestRunConsulGoesAwayWhileWaiting(t *testing.T) {
 	}
 }
 
+// signalCase is one signal sent to markerScript and what must follow.
+type signalCase struct {
+	sig     syscall.Signal
+	marker  string
+	code    int
+	wantErr error
+}
+
+var signalCases = []signalCase{
+	{syscall.SIGTERM, "term", 143, lockexec.ErrInterrupted},
+	{syscall.SIGINT, "int", 130, lockexec.ErrInterrupted},
+	{syscall.SIGHUP, "hup", 0, nil},
+}
+
 // TestRunForwardsSignals sends signals on Options.Signals while the command
 // runs: they reach it, INT and TERM make Run report the interruption, and
 // the lock is released either way.
@@ -455,45 +469,41 @@ func TestRunForwardsSignals(t *testing.T) {
 	t.Parallel()
 	client := testClient(t)
 	r := lockexec.New(client)
-
-	cases := []struct {
-		sig     syscall.Signal
-		marker  string
-		code    int
-		wantErr error
-	}{
-		{syscall.SIGTERM, "term", 143, lockexec.ErrInterrupted},
-		{syscall.SIGINT, "int", 130, lockexec.ErrInterrupted},
-		{syscall.SIGHUP, "hup", 0, nil},
-	}
-	for _, tc := range cases {
+	for _, tc := range signalCases {
 		t.Run(tc.sig.String(), func(t *testing.T) {
 			t.Parallel()
-			prefix := uniquePrefix(t)
-			dir := t.TempDir()
-			signals := make(chan os.Signal, 1)
-			opts := shellOpts(t, prefix, 1, markerScript(dir))
-			opts.Signals = signals
-			run := startRun(t, context.Background(), r, opts)
-			run.waitStarted(t, markerPath(dir, "started"))
-
-			signals <- tc.sig
-			res, err := run.wait(t, 15*time.Second)
-			if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
-				t.Fatalf("Run: %v, want %v", err, tc.wantErr)
-			}
-			if !fileExists(markerPath(dir, tc.marker)) {
-				t.Errorf("the command did not get %v", tc.sig)
-			}
-			if res.ExitCode != tc.code {
-				t.Errorf("ExitCode=%d, want %d", res.ExitCode, tc.code)
-			}
-			if tc.wantErr != nil {
-				assertBackgroundGone(t, dir)
-			}
-			assertClean(t, client, prefix)
+			checkSignalForwarded(t, r, client, tc)
 		})
 	}
+}
+
+// checkSignalForwarded runs markerScript, sends it tc.sig through
+// Options.Signals and checks what follows.
+func checkSignalForwarded(t *testing.T, r *lockexec.Runner, client *api.Client, tc signalCase) {
+	t.Helper()
+	prefix := uniquePrefix(t)
+	dir := t.TempDir()
+	signals := make(chan os.Signal, 1)
+	opts := shellOpts(t, prefix, 1, markerScript(dir))
+	opts.Signals = signals
+	run := startRun(t, context.Background(), r, opts)
+	run.waitStarted(t, markerPath(dir, "started"))
+
+	signals <- tc.sig
+	res, err := run.wait(t, 15*time.Second)
+	if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+		t.Fatalf("Run: %v, want %v", err, tc.wantErr)
+	}
+	if !fileExists(markerPath(dir, tc.marker)) {
+		t.Errorf("the command did not get %v", tc.sig)
+	}
+	if res.ExitCode != tc.code {
+		t.Errorf("ExitCode=%d, want %d", res.ExitCode, tc.code)
+	}
+	if tc.wantErr != nil {
+		assertBackgroundGone(t, dir)
+	}
+	assertClean(t, client, prefix)
 }
 
 // TestRunInterruptedWhileWaiting stops a run that is still waiting for a

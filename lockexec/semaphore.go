@@ -54,6 +54,10 @@ type semaphoreHolder struct {
 	retries   int
 	retryIn   time.Duration
 	log       hclog.Logger
+	sendClock
+	// vanishPeriod is how long a holder's session must have been seen
+	// gone before its slot is reused: our lock-delay (see fence.go).
+	vanishPeriod time.Duration
 
 	stopMonitor context.CancelFunc
 	monitorDone sync.WaitGroup
@@ -75,6 +79,8 @@ func newSemaphoreHolder(rn *run) *semaphoreHolder {
 		retries:   o.MonitorRetries,
 		retryIn:   o.MonitorRetryTime,
 		log:       rn.log,
+
+		vanishPeriod: rn.fence.lockDelay,
 	}
 }
 
@@ -86,130 +92,178 @@ type queue struct {
 	ahead     map[string]struct{} // older contenders not yet seen holding a slot
 	order     []*api.KVPair       // their contender keys, oldest first, as listed
 	live      map[string]struct{} // sessions holding any key of the prefix
+	// vanished is when we first saw each listed holder without a live
+	// session. Kept across reads: the slot is reused vanishPeriod later.
+	vanished map[string]time.Time
+}
+
+// semWait is the state of one wait for a slot.
+type semWait struct {
+	q        queue
+	bo       *backoff
+	index    uint64        // wait index on the lock key; 0 reads at once
+	waitFor  time.Duration // the next blocking read's wait
+	mustList bool          // read the contender keys before deciding
+
+	// What the last look found.
+	pair *api.KVPair
+	v    *semaphoreLockValue
+	free int
+	turn bool
 }
 
 func (s *semaphoreHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 	if err := s.createContender(ctx); err != nil {
 		return nil, err
 	}
-	kv := s.client.KV()
-	bo := newBackoff()
-	var (
-		q        queue
-		index    uint64 // wait index on the lock key; 0 reads at once
-		waitFor  = blockingWait
-		mustList = true // read the contender keys before deciding
-	)
+	w := &semWait{bo: newBackoff(), waitFor: blockingWait, mustList: true}
 	for {
 		if ctx.Err() != nil {
 			return nil, waitEnded(ctx)
 		}
-		var (
-			pair     *api.KVPair
-			v        *semaphoreLockValue
-			free     int
-			turn     bool
-			timedOut bool
-		)
-		if !mustList {
-			p, meta, again, err := waitRead(ctx, kv, s.lockKey, index, waitFor, bo)
-			if err != nil {
-				return nil, err
-			}
-			if again {
-				index = 0
-				continue
-			}
-			// A blocking wait that ran out unchanged means a free slot
-			// nobody took, or a full semaphore nobody released for a while.
-			timedOut = index != 0 && meta.LastIndex == index
-			index = nextIndex(index, meta.LastIndex)
-			pair = p
-			if v, err = s.decode(pair); err != nil {
-				return nil, err
-			}
-			if v.Holders[s.session] {
-				return s.held(), nil
-			}
-			for id := range v.Holders {
-				delete(q.ahead, id)
-			}
-			free = s.limit - len(v.Holders)
-			turn = s.myTurn(free, &q)
-			mustList = timedOut || (!turn && time.Since(q.listed) >= pruneInterval)
-		}
-		if mustList {
-			mustList = false
-			prev := q.lockIndex
-			first := q.listed.IsZero()
-			p, err := s.refresh(ctx, &q)
-			if err != nil {
-				return nil, err
-			}
-			pair = p
-			if v, err = s.decode(pair); err != nil {
-				return nil, err
-			}
-			if v.Holders[s.session] {
-				return s.held(), nil
-			}
-			s.pruneWith(v, &q)
-			index = q.lockIndex
-			free = s.limit - len(v.Holders)
-			turn = s.myTurn(free, &q)
-			// A slot that stayed free through a whole wait although the
-			// contenders ahead are still there: they are not taking it
-			// (one that gave up but whose session lives on, say), so do.
-			stalled := timedOut || (!first && q.lockIndex == prev)
-			if !turn && free > 0 && stalled {
-				turn = true
-			}
-		}
-
+		held, again, err := s.look(ctx, w)
 		switch {
-		case !turn && len(q.ahead) >= 2*s.limit:
-			// Far back: two full rounds of holders go before us, and
-			// watching the lock key would wake us at every change for
-			// nothing. Wait instead for the departure of the contender
-			// two rounds ahead of us: with the queue served oldest first,
-			// all older ones have had their turn by then, and we are
-			// still a round from ours. (One round would do if holders
-			// gave their slots back in the order they took them.)
-			if err := s.waitForKey(ctx, q.far(2*s.limit)); err != nil {
-				return nil, err
-			}
-			mustList = true
-			continue
-		case free <= 0:
-			waitFor = jitter(pruneInterval)
-			continue
-		case !turn:
-			waitFor = staleWait
-			continue
-		}
-
-		v.Holders[s.session] = true
-		next, err := s.encode(v, pair)
-		if err != nil {
-			return nil, err
-		}
-		ok, err := s.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
-			ok, _, err := kv.CAS(next, w)
-			return ok, err
-		})
-		switch {
-		case err != nil && isTooManyRequests(err):
-			if err := bo.wait(ctx); err != nil {
-				return nil, err
-			}
 		case err != nil:
-			return nil, fmt.Errorf("updating the semaphore %q: %w", s.lockKey, err)
-		case ok:
+			return nil, err
+		case held:
+			return s.held(), nil
+		case again:
+			continue
+		}
+		if again, err := s.waitTurn(ctx, w); err != nil || again {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		held, err = s.take(ctx, w)
+		switch {
+		case err != nil:
+			return nil, err
+		case held:
 			return s.held(), nil
 		}
 		// Someone changed it first: look again at once.
-		index, waitFor = 0, blockingWait
+		w.index, w.waitFor = 0, blockingWait
 	}
+}
+
+// look reads the lock key (blocking on it), and the contender keys when
+// due, and works out whether it is our turn. held reports that we hold a
+// slot already; again that the read must be repeated.
+func (s *semaphoreHolder) look(ctx context.Context, w *semWait) (held, again bool, err error) {
+	timedOut := false
+	if !w.mustList {
+		s.mark()
+		p, meta, again, err := waitRead(ctx, s.client.KV(), s.lockKey, w.index, w.waitFor, w.bo)
+		if err != nil || again {
+			w.index = 0
+			return false, again, err
+		}
+		// A blocking wait that ran out unchanged means a free slot
+		// nobody took, or a full semaphore nobody released for a while.
+		timedOut = w.index != 0 && meta.LastIndex == w.index
+		w.index = nextIndex(w.index, meta.LastIndex)
+		if held, err := s.sawLock(w, p); held || err != nil {
+			return held, false, err
+		}
+		for id := range w.v.Holders {
+			delete(w.q.ahead, id)
+		}
+		w.turn = s.myTurn(w.free, &w.q)
+		w.mustList = timedOut || (!w.turn && time.Since(w.q.listed) >= pruneInterval)
+	}
+	if !w.mustList {
+		return false, false, nil
+	}
+	w.mustList = false
+	prev, first := w.q.lockIndex, w.q.listed.IsZero()
+	p, err := s.refresh(ctx, &w.q)
+	if err != nil {
+		if ctx.Err() == nil && isTransient(err) {
+			w.mustList = true
+			return false, true, w.bo.wait(ctx)
+		}
+		return false, false, err
+	}
+	if held, err := s.sawLock(w, p); held || err != nil {
+		return held, false, err
+	}
+	s.prune(w.v, &w.q, time.Now())
+	w.index = w.q.lockIndex
+	w.free = s.limit - len(w.v.Holders)
+	w.turn = s.myTurn(w.free, &w.q)
+	// A slot that stayed free through a whole wait although the
+	// contenders ahead are still there: they are not taking it (one that
+	// gave up but whose session lives on, say), so do.
+	stalled := timedOut || (!first && w.q.lockIndex == prev)
+	if !w.turn && w.free > 0 && stalled {
+		w.turn = true
+	}
+	return false, false, nil
+}
+
+// sawLock decodes the lock key p into w and reports whether it lists us.
+func (s *semaphoreHolder) sawLock(w *semWait, p *api.KVPair) (bool, error) {
+	v, err := s.decode(p)
+	if err != nil {
+		return false, err
+	}
+	w.pair, w.v = p, v
+	w.free = s.limit - len(v.Holders)
+	return v.Holders[s.session], nil
+}
+
+// waitTurn waits when it is not our turn to take a slot: again reports
+// that it did, and that we must look again.
+func (s *semaphoreHolder) waitTurn(ctx context.Context, w *semWait) (again bool, err error) {
+	switch {
+	case !w.turn && len(w.q.ahead) >= 2*s.limit:
+		// Far back: two full rounds of holders go before us, and
+		// watching the lock key would wake us at every change for
+		// nothing. Wait instead for the departure of the contender two
+		// rounds ahead of us: with the queue served oldest first, all
+		// older ones have had their turn by then, and we are still a
+		// round from ours. (One round would do if holders gave their
+		// slots back in the order they took them.)
+		if err := s.waitForKey(ctx, w.q.far(2*s.limit)); err != nil {
+			return false, err
+		}
+		w.mustList = true
+		return true, nil
+	case w.free <= 0:
+		w.waitFor = jitter(pruneInterval)
+		if at, ok := w.q.nextPrune(s.vanishPeriod); ok {
+			// Look again as soon as a vanished holder's slot is due.
+			w.waitFor = min(w.waitFor, max(time.Until(at), staleWait))
+		}
+		return true, nil
+	case !w.turn:
+		w.waitFor = staleWait
+		return true, nil
+	}
+	return false, nil
+}
+
+// take tries to add us to the holders by check-and-set. held is false when
+// someone changed the key first or Consul turned us away for a moment.
+func (s *semaphoreHolder) take(ctx context.Context, w *semWait) (held bool, err error) {
+	w.v.Holders[s.session] = true
+	next, err := s.encode(w.v, w.pair)
+	if err != nil {
+		return false, err
+	}
+	ok, err := s.write(func(kv *api.KV, wo *api.WriteOptions) (bool, error) {
+		ok, _, err := kv.CAS(next, wo)
+		return ok, err
+	})
+	switch {
+	case err != nil && isTransient(err):
+		return false, w.bo.wait(ctx)
+	case err != nil:
+		return false, fmt.Errorf("updating the semaphore %q: %w", s.lockKey, err)
+	}
+	return ok, nil
 }
 
 // createContender writes our contender key, which tells the others that
@@ -222,7 +276,7 @@ func (s *semaphoreHolder) createContender(ctx context.Context) error {
 			return ok, err
 		})
 		switch {
-		case err != nil && isTooManyRequests(err):
+		case err != nil && isTransient(err):
 			if err := bo.wait(ctx); err != nil {
 				return err
 			}
@@ -239,7 +293,10 @@ func (s *semaphoreHolder) createContender(ctx context.Context) error {
 // refresh reads every key of the semaphore: it returns the lock key and
 // brings q up to date with the contenders older than us.
 func (s *semaphoreHolder) refresh(ctx context.Context, q *queue) (*api.KVPair, error) {
-	pairs, _, err := s.client.KV().List(s.prefix, (&api.QueryOptions{}).WithContext(ctx))
+	rctx, cancel := callCtx(ctx)
+	defer cancel()
+	s.mark()
+	pairs, _, err := s.client.KV().List(s.prefix, (&api.QueryOptions{}).WithContext(rctx))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, waitEnded(ctx)
@@ -302,12 +359,15 @@ func (q *queue) far(n int) *api.KVPair {
 // about pruneInterval, whichever comes first: its owner may also be stuck
 // without ever taking a slot, and we then have to look around again.
 func (s *semaphoreHolder) waitForKey(ctx context.Context, p *api.KVPair) error {
-	opts := (&api.QueryOptions{WaitIndex: p.ModifyIndex, WaitTime: jitter(pruneInterval)}).WithContext(ctx)
+	wait := jitter(pruneInterval)
+	rctx, cancel := blockingCtx(ctx, wait)
+	defer cancel()
+	opts := (&api.QueryOptions{WaitIndex: p.ModifyIndex, WaitTime: wait}).WithContext(rctx)
 	_, _, err := s.client.KV().Get(p.Key, opts)
 	switch {
 	case ctx.Err() != nil:
 		return waitEnded(ctx)
-	case err != nil && isTooManyRequests(err):
+	case err != nil && isTransient(err):
 		return newBackoff().wait(ctx)
 	case err != nil:
 		return fmt.Errorf("watching the contender key %q: %w", p.Key, err)
@@ -332,18 +392,55 @@ func (q *queue) alive(pairs api.KVPairs) {
 	}
 }
 
-// pruneWith drops from v the holders whose session holds no key of the
-// prefix any more: they died without giving their slot back. It also
-// drops holders from the contenders ahead of us.
-func (s *semaphoreHolder) pruneWith(v *semaphoreLockValue, q *queue) {
+// prune drops from v the holders whose session has been gone, by the
+// contender keys listed in q, for vanishPeriod at now: they died without
+// giving their slot back. Consul gives a semaphore no lock-delay, so this
+// wait is ours: a holder whose agent froze may still be running its
+// command, and its fence stops it before the same period has passed since
+// its session could have vanished (see fence.go). A clean release takes the
+// holder out of the lock key before its session goes, so it never pays
+// this. prune also drops holders from the contenders ahead of us.
+func (s *semaphoreHolder) prune(v *semaphoreLockValue, q *queue, now time.Time) {
+	if q.vanished == nil {
+		q.vanished = make(map[string]time.Time)
+	}
+	for id := range q.vanished {
+		if _, listed := v.Holders[id]; !listed {
+			delete(q.vanished, id)
+		}
+	}
 	for id := range v.Holders {
-		if _, ok := q.live[id]; !ok && id != s.session {
-			s.log.Debug("pruning a dead semaphore holder", "prefix", s.prefix, "session", id)
-			delete(v.Holders, id)
+		if _, ok := q.live[id]; ok || id == s.session {
+			delete(q.vanished, id)
+			delete(q.ahead, id)
 			continue
 		}
-		delete(q.ahead, id)
+		since, seen := q.vanished[id]
+		if !seen {
+			// Seen gone now, so gone since at most now: the period runs
+			// from here, which is never too early.
+			q.vanished[id] = now
+			s.log.Debug("a semaphore holder's session is gone; its slot is free after the lock delay",
+				"prefix", s.prefix, "session", id, "delay", s.vanishPeriod)
+			continue
+		}
+		if now.Sub(since) >= s.vanishPeriod {
+			s.log.Debug("pruning a dead semaphore holder", "prefix", s.prefix, "session", id)
+			delete(v.Holders, id)
+			delete(q.vanished, id)
+		}
 	}
+}
+
+// nextPrune is when the first vanished holder's slot is due, if any.
+func (q *queue) nextPrune(period time.Duration) (time.Time, bool) {
+	var first time.Time
+	for _, since := range q.vanished {
+		if first.IsZero() || since.Before(first) {
+			first = since
+		}
+	}
+	return first.Add(period), !first.IsZero()
 }
 
 // decode reads the lock key's value, checking that it is a semaphore of
@@ -396,6 +493,7 @@ func (s *semaphoreHolder) encode(v *semaphoreLockValue, old *api.KVPair) (*api.K
 
 // write runs one write bounded by writeTimeout.
 func (s *semaphoreHolder) write(f func(*api.KV, *api.WriteOptions) (bool, error)) (bool, error) {
+	s.mark()
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
 	return f(s.client.KV(), (&api.WriteOptions{}).WithContext(ctx))
@@ -489,8 +587,6 @@ func (s *semaphoreHolder) cleanup() error {
 		return err
 	}
 	var lockPair *api.KVPair
-	q := &queue{}
-	q.alive(pairs)
 	for _, p := range pairs {
 		switch {
 		case p.Key == s.lockKey:
@@ -508,7 +604,8 @@ func (s *semaphoreHolder) cleanup() error {
 		// Someone else's now; theirs to tidy up.
 		return nil
 	}
-	s.pruneWith(v, q)
+	// Holders whose session is gone count too: deleting the key would free
+	// their slots before the lock delay that prune gives them.
 	if len(v.Holders) > 0 {
 		return nil
 	}

@@ -49,7 +49,8 @@ type Declaration struct {
 	// Name.
 	Prefix string `mapstructure:"prefix" json:"prefix"`
 
-	// Try bounds the wait for the lock. Zero waits forever.
+	// Try bounds the wait for the lock. Zero waits forever. -timeout, and
+	// the JSON key "timeout", are its aliases, as in `consul lock`.
 	Try time.Duration `mapstructure:"try" json:"try"`
 
 	// MonitorRetry is -monitor-retry. DefaultDeclaration sets
@@ -59,12 +60,20 @@ type Declaration struct {
 	// Shell runs Command through /bin/sh -c (DefaultDeclaration sets true).
 	Shell bool `mapstructure:"shell" json:"shell"`
 
-	// Timeout kills the command if it runs longer. Zero means no limit.
-	Timeout time.Duration `mapstructure:"timeout" json:"timeout"`
+	// CommandTimeout kills the command if it runs longer (consul-template's
+	// own name for its command's limit). Zero means no limit.
+	CommandTimeout time.Duration `mapstructure:"command_timeout" json:"command_timeout"`
 
 	// MaxAttempts is how many times the worker tries the action before
 	// marking it failed. DefaultDeclaration sets DefaultMaxAttempts.
 	MaxAttempts int `mapstructure:"max_attempts" json:"max_attempts"`
+
+	// Policy is the -policy data merged onto the template's own
+	// declaration, compacted; empty when none was. It is kept so that a
+	// render pass whose data is missing (consul-template has not fetched
+	// the key yet) re-applies the last good policy instead of falling back
+	// to the template's values for a moment. Data cannot set it.
+	Policy string `mapstructure:"-" json:"policy,omitempty"`
 }
 
 // LockOptions maps the declaration onto the lock runner's options. The
@@ -78,6 +87,6 @@ func (d Declaration) LockOptions() lockexec.Options {
 		MonitorRetries: d.MonitorRetry,
 		Command:        d.Command,
 		Shell:          d.Shell,
-		Timeout:        d.Timeout,
+		Timeout:        d.CommandTimeout,
 	}
 }

@@ -48,7 +48,8 @@ func DefaultDeclaration() Declaration {
 // BindFlags registers the declaration flags on fs, writing into d. The
 // current values of d are the flags' defaults, so callers bind a
 // DefaultDeclaration. `run` and `register` share these flags so that a
-// command line moves between them unchanged.
+// command line moves between them unchanged. After parsing, callers check
+// the command line with CheckFlagUse.
 func (d *Declaration) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&d.Limit, "n", d.Limit,
 		"number of nodes that may run the command at once (1: a lock, more: a semaphore); every node must use the same value")
@@ -56,14 +57,16 @@ func (d *Declaration) BindFlags(fs *flag.FlagSet) {
 		"name of the action (default: generated from the command, identical on every node)")
 	fs.StringVar(&d.Prefix, "prefix", d.Prefix,
 		"Consul KV prefix of the lock (default \""+DefaultPrefixRoot+"\" + name)")
-	fs.DurationVar(&d.Try, "try", d.Try,
-		"give up if the lock is not acquired within this time, e.g. 10m (0: wait forever)")
+	fs.Var(durationFlag{&d.Try}, "try",
+		"give up if the lock is not acquired within this `duration`, e.g. 10m (0: wait forever)")
+	fs.Var(durationFlag{&d.Try}, "timeout",
+		"alias of -try: the lock wait, as in consul lock, a `duration` (the command's own limit is -command-timeout)")
 	fs.IntVar(&d.MonitorRetry, "monitor-retry", d.MonitorRetry,
 		"number of Consul errors to ride out while holding the lock (0: none)")
 	fs.BoolVar(&d.Shell, "shell", d.Shell,
-		"run the command through /bin/sh -c")
-	fs.DurationVar(&d.Timeout, "timeout", d.Timeout,
-		"terminate the command if it runs longer than this (0: no limit)")
+		"run the command through /bin/sh -c (write -shell=false: a boolean flag takes its value after \"=\")")
+	fs.Var(durationFlag{&d.CommandTimeout}, "command-timeout",
+		"terminate the command if it runs longer than this `duration`, e.g. 5m (0: no limit)")
 }
 
 // BindQueueFlags registers the flags that only matter to a queued action,
@@ -74,15 +77,45 @@ func (d *Declaration) BindQueueFlags(fs *flag.FlagSet) {
 }
 
 // ParseJSON decodes one JSON object into a declaration, starting from
-// DefaultDeclaration, and finishes it (see Finish). Input is lenient about
-// types, since values written by hand into Consul KV are often all strings
-// ("2", "true"), and a command may be a string or an array. It is strict
-// about keys: a misspelt key would otherwise silently mean a default, such
-// as running on every node at once. Every error wraps ErrInvalidDeclaration
-// and is one line; the declaration returned with an error is the zero one.
+// DefaultDeclaration, and finishes it (see Finish). It is the whole
+// declaration with no rule about where it came from: register applies
+// those with ParseData and WithPolicy. Input is lenient about types,
+// since values written by hand into Consul KV are often all strings ("2",
+// "true"), and a command may be a string or an array; but a boolean never
+// stands for a number or a string. It is strict about keys: a misspelt key
+// would otherwise silently mean a default, such as running on every node at
+// once. Every error wraps ErrInvalidDeclaration and is one line; the
+// declaration returned with an error is the zero one.
 func ParseJSON(s string) (Declaration, error) {
+	obj, err := decodeObject(s)
+	if err != nil {
+		return Declaration{}, err
+	}
 	d := DefaultDeclaration()
+	if err := decodeInto(obj, &d); err != nil {
+		return Declaration{}, err
+	}
+	if err := d.Finish(); err != nil {
+		return Declaration{}, err
+	}
+	return d, nil
+}
 
+// decodeObject parses s as exactly one JSON object and checks it (see
+// checkObject).
+func decodeObject(s string) (map[string]any, error) {
+	obj, err := decodeJSONObject(s)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkObject(obj); err != nil {
+		return nil, err
+	}
+	return obj, nil
+}
+
+// decodeJSONObject parses s as exactly one JSON object.
+func decodeJSONObject(s string) (map[string]any, error) {
 	dec := json.NewDecoder(strings.NewReader(s))
 	// Numbers stay text until mapstructure converts them for their field,
 	// so that 2.5 or 1e30 for an integer is an error rather than a silently
@@ -91,20 +124,43 @@ func ParseJSON(s string) (Declaration, error) {
 	var raw any
 	if err := dec.Decode(&raw); err != nil {
 		if errors.Is(err, io.EOF) {
-			return Declaration{}, invalidf("empty input, expected a JSON object")
+			return nil, invalidf("empty input, expected a JSON object")
 		}
-		return Declaration{}, invalidf("malformed JSON: %v", err)
+		return nil, invalidf("malformed JSON: %v", err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Declaration{}, invalidf("unexpected data after the JSON object")
+		return nil, invalidf("unexpected data after the JSON object")
 	}
 	obj, ok := raw.(map[string]any)
 	if !ok {
-		return Declaration{}, invalidf("expected a JSON object, got %s", jsonKind(raw))
+		return nil, invalidf("expected a JSON object, got %s", jsonKind(raw))
 	}
+	return obj, nil
+}
+
+// checkObject checks the keys of a declaration object (see checkKeys) and
+// turns "timeout" into "try", whose alias it is.
+func checkObject(obj map[string]any) error {
 	if err := checkKeys(obj); err != nil {
-		return Declaration{}, err
+		return err
 	}
+	if t, ok := obj[timeoutAlias]; ok {
+		if _, both := obj["try"]; both {
+			return invalidf("\"timeout\" is an alias of \"try\": give one of them")
+		}
+		delete(obj, timeoutAlias)
+		obj["try"] = t
+	}
+	return nil
+}
+
+// timeoutAlias is the JSON key, and flag, that `consul lock` users know as
+// the lock wait: an alias of "try".
+const timeoutAlias = "timeout"
+
+// decodeInto merges the keys of obj onto d: keys that obj lacks (or sets
+// to null) keep d's values. It does not finish d.
+func decodeInto(obj map[string]any, d *Declaration) error {
 	// An array is an argument vector, which a shell would re-split on its
 	// spaces: unless "shell" says otherwise, run it as it is.
 	if _, isArray := obj["command"].([]any); isArray {
@@ -112,11 +168,11 @@ func ParseJSON(s string) (Declaration, error) {
 			d.Shell = false
 		}
 	}
-
 	dc, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			rejectBoolHook,
 			jsonNumberToStringHook,
-			mapstructure.StringToTimeDurationHookFunc(),
+			stringToDurationHook,
 			stringToIntHook,
 		),
 		WeaklyTypedInput: true,
@@ -124,50 +180,37 @@ func ParseJSON(s string) (Declaration, error) {
 		// Keys are matched exactly, as checkKeys does: accepting "N" as
 		// well as "n" would make two spellings of one key.
 		MatchName: func(key, field string) bool { return key == field },
-		Result:    &d,
+		Result:    d,
 	})
 	if err != nil {
-		return Declaration{}, invalidf("%v", err)
+		return invalidf("%v", err)
 	}
 	if err := dc.Decode(obj); err != nil {
-		return Declaration{}, invalidf("%s", decodeErrorText(err))
+		return invalidf("%s", decodeErrorText(err))
 	}
-	if err := d.Finish(); err != nil {
-		return Declaration{}, err
-	}
-	return d, nil
+	return nil
 }
 
 // Finish fills in derived defaults (Name, Prefix) and validates d. The
 // returned error wraps ErrInvalidDeclaration, is one line and names the
 // offending field by its flag. Finish is idempotent: a finished declaration
 // finishes to itself.
+//
+// A command of one element is a command line: white space around it is
+// dropped. A command of several elements is an argument vector and is kept
+// exactly as given, empty and space-padded arguments included; only its
+// first element, the program, must not be blank.
 func (d *Declaration) Finish() error {
-	cmd := make([]string, 0, len(d.Command))
-	for _, c := range d.Command {
-		if c = strings.TrimSpace(c); c != "" {
-			cmd = append(cmd, c)
-		}
+	if err := d.finishCommand(); err != nil {
+		return err
 	}
-	if len(cmd) == 0 {
-		return invalidf("missing command")
-	}
-	for _, c := range cmd {
-		// The declaration is kept as JSON, which cannot carry invalid
-		// UTF-8: the command would come back changed.
-		if !utf8.ValidString(c) {
-			return invalidf("command %q is not valid UTF-8", c)
-		}
-	}
-	d.Command = cmd
-
 	switch {
 	case d.Limit < 1:
 		return invalidf("-n must be at least 1, got %d", d.Limit)
 	case d.Try < 0:
 		return invalidf("-try must not be negative, got %s", d.Try)
-	case d.Timeout < 0:
-		return invalidf("-timeout must not be negative, got %s", d.Timeout)
+	case d.CommandTimeout < 0:
+		return invalidf("-command-timeout must not be negative, got %s", d.CommandTimeout)
 	case d.MonitorRetry < 0:
 		return invalidf("-monitor-retry must not be negative, got %d", d.MonitorRetry)
 	case d.MaxAttempts < 1:
@@ -177,11 +220,8 @@ func (d *Declaration) Finish() error {
 	if d.Name == "" {
 		d.Name = GenerateName(d.Command)
 	}
-	if len(d.Name) > MaxNameLength {
-		return invalidf("-name %q is %d characters long, at most %d are allowed", d.Name, len(d.Name), MaxNameLength)
-	}
-	if !nameRE.MatchString(d.Name) {
-		return invalidf("-name %q must start with a letter or digit and contain only letters, digits, '.', '_' and '-'", d.Name)
+	if err := CheckName(d.Name); err != nil {
+		return err
 	}
 
 	if d.Prefix == "" {
@@ -189,6 +229,49 @@ func (d *Declaration) Finish() error {
 	}
 	if err := checkPrefix(d.Prefix); err != nil {
 		return err
+	}
+	return nil
+}
+
+// finishCommand is Finish's part for the command (see Finish).
+func (d *Declaration) finishCommand() error {
+	switch {
+	case len(d.Command) == 0:
+		return invalidf("missing command")
+	case len(d.Command) == 1:
+		d.Command = []string{strings.TrimSpace(d.Command[0])}
+		if d.Command[0] == "" {
+			return invalidf("missing command")
+		}
+	case strings.TrimSpace(d.Command[0]) == "":
+		if strings.TrimSpace(strings.Join(d.Command, "")) == "" {
+			return invalidf("missing command")
+		}
+		return invalidf("the command's first argument, the program to run, is blank")
+	}
+	for _, c := range d.Command {
+		// The declaration is kept as JSON, which cannot carry invalid
+		// UTF-8: the command would come back changed.
+		if !utf8.ValidString(c) {
+			return invalidf("command %q is not valid UTF-8", c)
+		}
+		// exec(2) cannot pass a NUL byte: the command could never run.
+		if strings.IndexByte(c, 0) >= 0 {
+			return invalidf("command %q contains a NUL byte", c)
+		}
+	}
+	return nil
+}
+
+// CheckName reports whether name can name an action: in the state file,
+// as `exec NAME` and inside the default lock prefix. The error wraps
+// ErrInvalidDeclaration.
+func CheckName(name string) error {
+	if len(name) > MaxNameLength {
+		return invalidf("-name %q is %d characters long, at most %d are allowed", name, len(name), MaxNameLength)
+	}
+	if !nameRE.MatchString(name) {
+		return invalidf("-name %q must start with a letter or digit and contain only letters, digits, '.', '_' and '-'", name)
 	}
 	return nil
 }
@@ -265,8 +348,9 @@ func (d Declaration) Equal(o Declaration) bool {
 		d.Try == o.Try &&
 		d.MonitorRetry == o.MonitorRetry &&
 		d.Shell == o.Shell &&
-		d.Timeout == o.Timeout &&
-		d.MaxAttempts == o.MaxAttempts
+		d.CommandTimeout == o.CommandTimeout &&
+		d.MaxAttempts == o.MaxAttempts &&
+		d.Policy == o.Policy
 }
 
 // invalidf builds a declaration error. Messages end up in a one-line log
@@ -304,7 +388,8 @@ func declarationKeys() []string {
 // checkKeys rejects unknown keys before decoding, for a clearer message
 // than mapstructure's, with a hint for the flag spelling of a key.
 func checkKeys(obj map[string]any) error {
-	known := declarationKeys()
+	known := append(declarationKeys(), timeoutAlias)
+	sort.Strings(known)
 	var unknown []string
 	for k := range obj {
 		if !slices.Contains(known, k) {
@@ -390,8 +475,38 @@ func stringToIntHook(f reflect.Type, t reflect.Type, data any) (any, error) {
 	return n, nil
 }
 
+// rejectBoolHook refuses a boolean for any field that is not one. Weak
+// typing would read {"command": true} as the command "1" and "n": true as
+// one node: a value that cannot have been meant.
+func rejectBoolHook(f reflect.Type, t reflect.Type, data any) (any, error) {
+	if f.Kind() != reflect.Bool || t.Kind() == reflect.Bool {
+		return data, nil
+	}
+	want := "a string"
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		want = "a duration such as \"10m\""
+	case t.Kind() == reflect.Int:
+		want = "a number"
+	case t.Kind() == reflect.Slice:
+		want = "a string or an array of strings"
+	}
+	return nil, fmt.Errorf("expected %s, got the boolean %v", want, data)
+}
+
+// stringToDurationHook parses text for duration fields, with the same
+// message as the duration flags.
+func stringToDurationHook(f reflect.Type, t reflect.Type, data any) (any, error) {
+	if f.Kind() != reflect.String || t != reflect.TypeFor[time.Duration]() {
+		return data, nil
+	}
+	return parseDuration(reflect.ValueOf(data).String())
+}
+
 // Compile-time check that the hooks have a signature mapstructure accepts.
 var (
+	_ mapstructure.DecodeHookFuncType = rejectBoolHook
 	_ mapstructure.DecodeHookFuncType = jsonNumberToStringHook
+	_ mapstructure.DecodeHookFuncType = stringToDurationHook
 	_ mapstructure.DecodeHookFuncType = stringToIntHook
 )

@@ -26,6 +26,9 @@ func parseFlags(args ...string) (Declaration, error) {
 	if err := fs.Parse(args); err != nil {
 		return d, err
 	}
+	if err := CheckFlagUse(fs, args); err != nil {
+		return d, err
+	}
 	d.Command = fs.Args()
 	return d, d.Finish()
 }
@@ -44,7 +47,7 @@ func TestDefaultDeclaration(t *testing.T) {
 	if d.Limit != 1 || d.MonitorRetry != lockexec.DefaultMonitorRetries || !d.Shell || d.MaxAttempts != DefaultMaxAttempts {
 		t.Fatalf("DefaultDeclaration() = %+v", d)
 	}
-	if d.Try != 0 || d.Timeout != 0 || d.Name != "" || d.Prefix != "" || d.Command != nil {
+	if d.Try != 0 || d.CommandTimeout != 0 || d.Name != "" || d.Prefix != "" || d.Command != nil {
 		t.Fatalf("DefaultDeclaration() sets more than the documented defaults: %+v", d)
 	}
 }
@@ -93,20 +96,38 @@ func TestFlagsGood(t *testing.T) {
 			args: []string{
 				"-n", "3", "-name", "app.v2_x", "-prefix", "ops/locks/app",
 				"-try", "1m30s", "-monitor-retry", "0", "-shell=true",
-				"-timeout", "5m", "-max-attempts", "1", "  run me  ",
+				"-command-timeout", "5m", "-max-attempts", "1", "  run me  ",
 			},
 			want: func() Declaration {
 				return Declaration{
 					Name: "app.v2_x", Command: []string{"run me"}, Limit: 3,
 					Prefix: "ops/locks/app", Try: 90 * time.Second, MonitorRetry: 0,
-					Shell: true, Timeout: 5 * time.Minute, MaxAttempts: 1,
+					Shell: true, CommandTimeout: 5 * time.Minute, MaxAttempts: 1,
 				}
 			},
 		},
 		{
-			name: "empty arguments dropped",
-			args: []string{"-name=x", "", "echo", "  "},
-			want: func() Declaration { return defaults("x", "echo") },
+			name: "argument vector kept exactly",
+			args: []string{"-name=x", "-shell=false", "printf", "%s|", " a ", "", "b"},
+			want: func() Declaration {
+				d := defaults("x", "printf", "%s|", " a ", "", "b")
+				d.Shell = false
+				return d
+			},
+		},
+		{
+			name: "timeout is an alias of try",
+			args: []string{"-name=x", "-timeout=30s", "true"},
+			want: func() Declaration {
+				d := defaults("x", "true")
+				d.Try = 30 * time.Second
+				return d
+			},
+		},
+		{
+			name: "a command after flags is code, whatever it looks like",
+			args: []string{"-name=x", "[ -x /usr/sbin/nginx ] && nginx -s reload"},
+			want: func() Declaration { return defaults("x", "[ -x /usr/sbin/nginx ] && nginx -s reload") },
 		},
 		{
 			name: "name at the length limit",
@@ -138,7 +159,15 @@ func TestFlagsBad(t *testing.T) {
 		{"n negative", []string{"-n=-1", "true"}, "-n must be at least 1, got -1", true},
 		{"unparseable duration", []string{"-try=10 minutes", "true"}, "-try", false},
 		{"negative try", []string{"-try=-1s", "true"}, "-try must not be negative", true},
-		{"negative timeout", []string{"-timeout=-1m", "true"}, "-timeout must not be negative", true},
+		{"negative command-timeout", []string{"-command-timeout=-1m", "true"}, "-command-timeout must not be negative", true},
+		{"duration without a unit", []string{"-try=10", "true"}, "such as 500ms, 10m", false},
+		{"command-timeout without a unit", []string{"-command-timeout=5", "true"}, "such as 500ms, 10m", false},
+		{"try and its alias", []string{"-try=1m", "-timeout=2m", "true"}, "alias of -try", false},
+		{"boolean flag trap false", []string{"-shell", "false", "echo x"}, "write -shell=false", false},
+		{"boolean flag trap true", []string{"--shell", "true", "echo x"}, "write -shell=true", false},
+		{"argv with a blank program", []string{"-name=x", " ", "echo"}, "program to run, is blank", true},
+		{"command with a NUL byte", []string{"-name=x", "echo a\x00b"}, "NUL", true},
+		{"argv element with a NUL byte", []string{"-name=x", "echo", "a\x00b"}, "NUL", true},
 		{"negative monitor-retry", []string{"-monitor-retry=-1", "true"}, "-monitor-retry", true},
 		{"zero max-attempts", []string{"-max-attempts=0", "true"}, "-max-attempts must be at least 1", true},
 		{"missing command", []string{"-name=x"}, "missing command", true},
@@ -207,8 +236,12 @@ func TestParseJSONGood(t *testing.T) {
 			base(func(d *Declaration) { d.Limit = 2 })},
 		{"string bool", `{"name":"nginx","command":"nginx -s reload","shell":"false"}`,
 			base(func(d *Declaration) { d.Shell = false })},
-		{"durations", `{"name":"nginx","command":"nginx -s reload","try":"10m","timeout":"1h30m"}`,
-			base(func(d *Declaration) { d.Try = 10 * time.Minute; d.Timeout = 90 * time.Minute })},
+		{"durations", `{"name":"nginx","command":"nginx -s reload","try":"10m","command_timeout":"1h30m"}`,
+			base(func(d *Declaration) { d.Try = 10 * time.Minute; d.CommandTimeout = 90 * time.Minute })},
+		{"timeout is an alias of try", `{"name":"nginx","command":"nginx -s reload","timeout":"10m"}`,
+			base(func(d *Declaration) { d.Try = 10 * time.Minute })},
+		{"array command kept exactly", `{"name":"nginx","command":["printf","%s|"," a ","","b"]}`,
+			base(func(d *Declaration) { d.Command = []string{"printf", "%s|", " a ", "", "b"}; d.Shell = false })},
 		{"zero duration number", `{"name":"nginx","command":"nginx -s reload","try":0}`, base(nil)},
 		{"prefix", `{"name":"nginx","command":"nginx -s reload","prefix":"ops/nginx"}`,
 			base(func(d *Declaration) { d.Prefix = "ops/nginx" })},
@@ -260,7 +293,15 @@ func TestParseJSONBad(t *testing.T) {
 		{"command object", `{"name":"nginx","command":{"a":"b\nc"}}`, "command"},
 		{"bad duration", `{"name":"nginx","command":"true","try":"ten minutes"}`, "try"},
 		{"duration without unit", `{"name":"nginx","command":"true","try":600}`, "try"},
-		{"negative timeout", `{"name":"nginx","command":"true","timeout":"-1s"}`, "-timeout"},
+		{"negative command_timeout", `{"name":"nginx","command":"true","command_timeout":"-1s"}`, "-command-timeout"},
+		{"try and its alias", `{"name":"nginx","command":"true","try":"1m","timeout":"1m"}`, "alias"},
+		{"boolean command", `{"name":"nginx","command":true}`, "got the boolean true"},
+		{"boolean in a command array", `{"name":"nginx","command":["echo",false]}`, "got the boolean false"},
+		{"boolean n", `{"name":"nginx","command":"true","n":true}`, "expected a number, got the boolean true"},
+		{"boolean name", `{"name":true,"command":"true"}`, "got the boolean"},
+		{"boolean duration", `{"name":"nginx","command":"true","try":true}`, "got the boolean"},
+		{"duration error names an example", `{"name":"nginx","command":"true","try":"soon"}`, "such as 500ms, 10m"},
+		{"old key for the command's limit", `{"name":"nginx","command":"true","command-timeout":"1m"}`, `did you mean "command_timeout"`},
 		{"bad bool", `{"name":"nginx","command":"true","shell":"yes"}`, "shell"},
 		{"bad name", `{"name":"ng inx","command":"true"}`, "-name"},
 		{"name not a string", `{"name":["a\nb"],"command":"true"}`, "name"},
@@ -289,11 +330,11 @@ func TestParseJSONBad(t *testing.T) {
 // The JSON and flag forms of one declaration must agree, or a declaration
 // moved from a template into KV would change meaning.
 func TestJSONMatchesFlags(t *testing.T) {
-	fromFlags, err := parseFlags("-n=2", "-name=nginx", "-try=10m", "-shell=false", "-timeout=30s", "-monitor-retry=1", "-max-attempts=2", "nginx -s reload")
+	fromFlags, err := parseFlags("-n=2", "-name=nginx", "-try=10m", "-shell=false", "-command-timeout=30s", "-monitor-retry=1", "-max-attempts=2", "nginx -s reload")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromJSON, err := ParseJSON(`{"n":2,"name":"nginx","try":"10m","shell":false,"timeout":"30s","monitor_retry":1,"max_attempts":2,"command":"nginx -s reload"}`)
+	fromJSON, err := ParseJSON(`{"n":2,"name":"nginx","try":"10m","shell":false,"command_timeout":"30s","monitor_retry":1,"max_attempts":2,"command":"nginx -s reload"}`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +421,7 @@ func TestFinishIdempotent(t *testing.T) {
 }
 
 func TestDeclarationJSONRoundTrip(t *testing.T) {
-	d, err := parseFlags("-n=3", "-name=app", "-prefix=ops/app", "-try=10m", "-timeout=1m", "-monitor-retry=7", "-shell=false", "-max-attempts=9", "systemctl", "reload", "app")
+	d, err := parseFlags("-n=3", "-name=app", "-prefix=ops/app", "-try=10m", "-command-timeout=1m", "-monitor-retry=7", "-shell=false", "-max-attempts=9", "systemctl", "reload", "app")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,7 +451,7 @@ func TestDeclarationEqual(t *testing.T) {
 		t.Error("different commands reported equal")
 	}
 	b = a
-	b.Timeout = time.Second
+	b.CommandTimeout = time.Second
 	if a.Equal(b) {
 		t.Error("different timeouts reported equal")
 	}

@@ -139,7 +139,18 @@ func (st *State) QueueLen() int {
 // running and whose backoff has passed, the one queued first. When none is
 // due but some wait out a backoff, wait says how long until the earliest.
 func (st *State) Next(now time.Time) (name string, wait time.Duration, found bool) {
-	var best *Action
+	due, wait := st.Due(now)
+	if len(due) == 0 {
+		return "", wait, false
+	}
+	return due[0], 0, true
+}
+
+// Due lists the actions that may start now, first queued first: queued,
+// not running, backoff passed. Each action keeps its own place; actions do
+// not wait for each other. When some wait out a backoff, wait says how long
+// until the earliest of them is due.
+func (st *State) Due(now time.Time) (names []string, wait time.Duration) {
 	for n, a := range st.Actions {
 		if !a.Queued() || a.Running {
 			continue
@@ -150,14 +161,42 @@ func (st *State) Next(now time.Time) (name string, wait time.Duration, found boo
 			}
 			continue
 		}
-		if best == nil || a.Seq < best.Seq || (a.Seq == best.Seq && n < name) {
-			best, name = a, n
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		a, b := st.Actions[names[i]], st.Actions[names[j]]
+		if a.Seq != b.Seq {
+			return a.Seq < b.Seq
+		}
+		return names[i] < names[j]
+	})
+	return names, wait
+}
+
+// WaitingOnOutage reports whether an action waits out a backoff after a try
+// that could not reach Consul: the worker then watches for Consul to come
+// back rather than sleep out the backoff.
+func (st *State) WaitingOnOutage(now time.Time) bool {
+	for _, a := range st.Actions {
+		if a.Queued() && !a.Running && a.NextAttempt.After(now) && a.Last != nil && a.Last.Unreachable {
+			return true
 		}
 	}
-	if best == nil {
-		return "", wait, false
+	return false
+}
+
+// RetryOutages makes every action that waits out a backoff after a try that
+// could not reach Consul due now. The worker calls it once Consul answers
+// again, so that a reload starts within seconds of the outage's end.
+func (st *State) RetryOutages() (names []string) {
+	for n, a := range st.Actions {
+		if a.Queued() && !a.Running && !a.NextAttempt.IsZero() && a.Last != nil && a.Last.Unreachable {
+			a.NextAttempt = time.Time{}
+			names = append(names, n)
+		}
 	}
-	return name, 0, true
+	sort.Strings(names)
+	return names
 }
 
 // Begin marks the action running and returns the declaration to run and
@@ -178,14 +217,37 @@ func (st *State) Begin(name string) (plugin.Declaration, uint64, error) {
 // it again) and at start-up for runs a dead worker left behind.
 func (st *State) Abandon(name string) {
 	if a, ok := st.Actions[name]; ok {
-		a.Running, a.Holding = false, false
+		a.endRun()
 	}
+}
+
+// endRun clears everything that describes a run under way.
+func (a *Action) endRun() {
+	a.Running, a.Holding = false, false
+	a.Session, a.PID, a.PIDStart = "", 0, 0
 }
 
 // Acquired records that the running try of the action holds its lock.
 func (st *State) Acquired(name string) {
 	if a, ok := st.Actions[name]; ok && a.Running {
 		a.Holding = true
+	}
+}
+
+// RecordSession records the Consul session of the running try, so that the
+// next worker can give back its lock at once if this one dies.
+func (st *State) RecordSession(name, session string) {
+	if a, ok := st.Actions[name]; ok && a.Running {
+		a.Session = session
+	}
+}
+
+// RecordChild records the running try's command: its pid (also its process
+// group) and the process's start time, which tells it from a later process
+// that reuses the pid.
+func (st *State) RecordChild(name string, pid int, start uint64) {
+	if a, ok := st.Actions[name]; ok && a.Running {
+		a.PID, a.PIDStart = pid, start
 	}
 }
 
@@ -215,7 +277,7 @@ func (st *State) Finish(name string, out Outcome, b Backoff) {
 	if !ok {
 		return
 	}
-	a.Running, a.Holding = false, false
+	a.endRun()
 	out.Seq = a.RunSeq
 	switch {
 	case out.OK:

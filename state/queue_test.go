@@ -290,10 +290,12 @@ func TestTransientFailuresDoNotUseUpAttempts(t *testing.T) {
 		now = st.Actions["a"].NextAttempt
 	}
 	for i := 0; i < 6; i++ {
+		finished := now
 		try(Outcome{ExitCode: 69, Transient: true})
-	}
-	if d := st.Actions["a"].NextAttempt.Sub(time.Unix(0, 0)); d <= 0 {
-		t.Fatal("transient failures must back off")
+		if a := st.Actions["a"]; !a.NextAttempt.After(finished) {
+			t.Fatalf("transient failure %d: next attempt %s is not after the try finished at %s; it must back off",
+				i+1, a.NextAttempt.Format(time.RFC3339), finished.Format(time.RFC3339))
+		}
 	}
 	try(Outcome{ExitCode: 1})
 	if a := st.Actions["a"]; !a.Queued() || a.Last.Failed || a.Attempts != 1 {
@@ -320,5 +322,54 @@ func TestNewRequestDuringRetriesGetsFullAttempts(t *testing.T) {
 	tryAt(t, st, now, Outcome{ExitCode: 1}, Backoff{})
 	if a := st.Actions["a"]; !a.Queued() || a.Last.Failed {
 		t.Fatal("the new request was given up after a single try")
+	}
+}
+
+// Due lists every action that may start, first queued first, leaving out
+// running ones and those in backoff: one action's wait holds up no other.
+func TestDueListsEveryStartableAction(t *testing.T) {
+	st := stateWith("a", "b", "c", "d")
+	mustEnqueue(t, st, "c")
+	mustEnqueue(t, st, "a")
+	mustEnqueue(t, st, "b")
+	mustEnqueue(t, st, "d")
+	now := time.Unix(1000, 0)
+	if _, _, err := st.Begin("a"); err != nil {
+		t.Fatal(err)
+	}
+	st.Actions["b"].NextAttempt = now.Add(5 * time.Second)
+	due, wait := st.Due(now)
+	if len(due) != 2 || due[0] != "c" || due[1] != "d" {
+		t.Fatalf("Due = %v, want [c d] (a runs, b backs off)", due)
+	}
+	if wait != 5*time.Second {
+		t.Fatalf("wait = %s, want 5s until b is due", wait)
+	}
+}
+
+// Once Consul answers again, actions backing off after an outage are due at
+// once; those backing off after a failure of their own are not.
+func TestRetryOutagesOnlyAfterOutages(t *testing.T) {
+	st := stateWith("down", "broken")
+	mustEnqueue(t, st, "down", "broken")
+	now := time.Unix(1000, 0)
+	for _, n := range []string{"down", "broken"} {
+		if _, _, err := st.Begin(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Finish("down", Outcome{ExitCode: 69, Transient: true, Unreachable: true, Finished: now}, Backoff{})
+	st.Finish("broken", Outcome{ExitCode: 1, Finished: now}, Backoff{})
+	if !st.WaitingOnOutage(now) {
+		t.Fatal("WaitingOnOutage = false with an action backing off after an outage")
+	}
+	if got := st.RetryOutages(); len(got) != 1 || got[0] != "down" {
+		t.Fatalf("RetryOutages = %v, want [down]", got)
+	}
+	if due, _ := st.Due(now); len(due) != 1 || due[0] != "down" {
+		t.Fatalf("Due = %v, want [down]: broken still backs off", due)
+	}
+	if st.WaitingOnOutage(now) {
+		t.Fatal("WaitingOnOutage = true after RetryOutages")
 	}
 }

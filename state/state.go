@@ -32,12 +32,30 @@ type State struct {
 	// value in KV) keyed by declaration name, "" when no name could be read.
 	// A later good declaration of the same name clears its entry.
 	Errors map[string]DeclError `json:"errors,omitempty"`
+
+	// WorkerFailure is why the last worker could not start, cleared by
+	// the next one that does. exec and register do not start another
+	// worker soon after one failed, and status shows it.
+	WorkerFailure *WorkerFailure `json:"worker_failure,omitempty"`
+}
+
+// WorkerFailure records a worker that could not start.
+type WorkerFailure struct {
+	Message  string    `json:"message"`
+	ExitCode int       `json:"exit_code"`
+	At       time.Time `json:"at"`
 }
 
 // DeclError records a declaration that was rejected.
 type DeclError struct {
 	Message string    `json:"message"`
 	At      time.Time `json:"at"`
+
+	// Reported is set once exec has repeated the warning into
+	// consul-template's log, and cleared when the rejection is seen again.
+	// A rejection with no name cannot be matched to the good declaration
+	// that replaces it: the next good registration after a report clears it.
+	Reported bool `json:"reported,omitempty"`
 }
 
 // Action is one declared action and its place in the queue.
@@ -68,6 +86,16 @@ type Action struct {
 	// Holding is true once the running try holds the lock and its command
 	// runs; Running without Holding is a try waiting for the lock.
 	Holding bool `json:"holding,omitempty"`
+
+	// Session is the Consul session of the running try, once created; PID
+	// is its command's process (and process group) ID once started, and
+	// PIDStart that process's start time in clock ticks since boot (field
+	// 22 of /proc/PID/stat, zero where unknown). A worker that finds a run
+	// its dead predecessor left behind stops that command, only if the pid
+	// still names the same process, and gives back the session's lock.
+	Session  string `json:"session,omitempty"`
+	PID      int    `json:"pid,omitempty"`
+	PIDStart uint64 `json:"pid_start,omitempty"`
 
 	// RunDeclaredAt is the DeclaredAt of the declaration the running try
 	// uses, to tell whether the declaration changed since it began.
@@ -102,6 +130,11 @@ type Outcome struct {
 	// retried with backoff but never counts towards MaxAttempts, so an
 	// outage cannot make the fleet drop a reload.
 	Transient bool `json:"transient,omitempty"`
+
+	// Unreachable marks a transient failure where Consul could not be
+	// reached: the worker watches for Consul to answer again and retries
+	// then, instead of sleeping out the backoff.
+	Unreachable bool `json:"unreachable,omitempty"`
 
 	// Failed is true when the action was given up after MaxAttempts.
 	Failed bool `json:"failed,omitempty"`

@@ -23,6 +23,7 @@ func openTemp(t *testing.T) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() })
 	return s
 }
 
@@ -63,28 +64,34 @@ func dirNames(t *testing.T, s *Store) []string {
 }
 
 func TestDefaultStateDir(t *testing.T) {
-	t.Setenv("CT_SUPERVISE_STATE_DIR", "/explicit/dir")
-	if got, err := DefaultStateDir(); err != nil || got != "/explicit/dir" {
-		t.Fatalf("with CT_SUPERVISE_STATE_DIR: %q, %v", got, err)
+	rootDefault := os.Geteuid() == 0
+	cases := []struct {
+		name                    string
+		ctDir, stateDir, xdg    string
+		want                    string
+		wantBuiltin, wantNoHome bool
+	}{
+		{name: "CT_SUPERVISE_STATE_DIR first", ctDir: "/explicit/dir", stateDir: "/var/lib/sd", want: "/explicit/dir"},
+		{name: "then systemd's STATE_DIRECTORY", stateDir: "/var/lib/sd", xdg: "/xdg/state", want: "/var/lib/sd"},
+		{name: "the first of several StateDirectory= paths", stateDir: "/var/lib/a:/var/lib/b", want: "/var/lib/a"},
+		{name: "then XDG_STATE_HOME", xdg: "/xdg/state", want: "/xdg/state/ct-supervise", wantBuiltin: true},
+		{name: "a relative XDG_STATE_HOME is ignored", xdg: "relative/ignored", want: "/home/someone/.local/state/ct-supervise", wantBuiltin: true},
 	}
-
-	t.Setenv("CT_SUPERVISE_STATE_DIR", "")
-	t.Setenv("XDG_STATE_HOME", "/xdg/state")
-	t.Setenv("HOME", "/home/someone")
-	want := "/xdg/state/ct-supervise"
-	if os.Geteuid() == 0 {
-		want = "/var/lib/ct-supervise"
-	}
-	if got, err := DefaultStateDir(); err != nil || got != want {
-		t.Fatalf("with XDG_STATE_HOME: %q, %v; want %q", got, err, want)
-	}
-
-	t.Setenv("XDG_STATE_HOME", "relative/ignored")
-	if os.Geteuid() != 0 {
-		want = "/home/someone/.local/state/ct-supervise"
-	}
-	if got, err := DefaultStateDir(); err != nil || got != want {
-		t.Fatalf("with a relative XDG_STATE_HOME: %q, %v; want %q", got, err, want)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("CT_SUPERVISE_STATE_DIR", tc.ctDir)
+			t.Setenv("STATE_DIRECTORY", tc.stateDir)
+			t.Setenv("XDG_STATE_HOME", tc.xdg)
+			t.Setenv("HOME", "/home/someone")
+			want := tc.want
+			if tc.wantBuiltin && rootDefault {
+				want = "/var/lib/ct-supervise"
+			}
+			got, builtin, err := DefaultStateDir()
+			if err != nil || got != want || builtin != tc.wantBuiltin {
+				t.Fatalf("DefaultStateDir() = %q, %v, %v; want %q, %v", got, builtin, err, want, tc.wantBuiltin)
+			}
+		})
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"ct-supervise/state"
 )
 
 // LockFile is the file in the state directory that the running worker holds
@@ -18,6 +20,13 @@ const LockFile = "worker.lock"
 // ErrAlreadyRunning is returned when another worker holds the state
 // directory.
 var ErrAlreadyRunning = errors.New("another worker is already running for this state directory")
+
+// Dir opens files in the state directory without following symlinks, as
+// state.Store does: a worker.lock symlink planted there must not make us
+// truncate its target.
+type Dir interface {
+	OpenFile(name string, flag int, perm os.FileMode) (*os.File, error)
+}
 
 // instanceLock is the worker's single-instance lock. The OS drops it when
 // the process dies, however it dies, so a crashed worker never blocks its
@@ -38,8 +47,8 @@ const (
 // until ctx is done (a worker run as a service, started while a detached
 // one still drains the queue); otherwise a lock held past probeGrace is
 // ErrAlreadyRunning.
-func acquireInstanceLock(ctx context.Context, path string, wait bool) (*instanceLock, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+func acquireInstanceLock(ctx context.Context, dir Dir, wait bool) (*instanceLock, error) {
+	f, err := dir.OpenFile(LockFile, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening worker lock: %w", err)
 	}
@@ -51,7 +60,7 @@ func acquireInstanceLock(ctx context.Context, path string, wait bool) (*instance
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
-			return nil, fmt.Errorf("locking %s: %w", path, err)
+			return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
 		}
 		retry := probeRetry
 		if time.Now().After(deadline) {
@@ -75,20 +84,27 @@ func acquireInstanceLock(ctx context.Context, path string, wait bool) (*instance
 	return &instanceLock{f: f}, nil
 }
 
+// beforeRelease, if set (by tests), is called just before the instance lock
+// is dropped.
+var beforeRelease func()
+
 // release drops the lock. Safe to call twice.
 func (l *instanceLock) release() {
 	if l.f == nil {
 		return
+	}
+	if beforeRelease != nil {
+		beforeRelease()
 	}
 	_ = syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
 	_ = l.f.Close()
 	l.f = nil
 }
 
-// RunningPID reports the pid of the worker holding the lock at path, or 0
+// RunningPID reports the pid of the worker holding the lock in dir, or 0
 // when no worker is running.
-func RunningPID(path string) (int, error) {
-	f, err := os.Open(path)
+func RunningPID(dir Dir) (int, error) {
+	f, err := dir.OpenFile(LockFile, os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	}
@@ -101,7 +117,7 @@ func RunningPID(path string) (int, error) {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		return 0, nil
 	} else if !errors.Is(err, syscall.EWOULDBLOCK) {
-		return 0, fmt.Errorf("checking %s: %w", path, err)
+		return 0, fmt.Errorf("checking %s: %w", f.Name(), err)
 	}
 	b := make([]byte, 32)
 	n, _ := f.ReadAt(b, 0)
@@ -111,4 +127,19 @@ func RunningPID(path string) (int, error) {
 		return -1, nil
 	}
 	return pid, nil
+}
+
+// RunningPIDIn is RunningPID for the state directory at stateDir, opened
+// with state.OpenExisting's checks, for tools and tests: 0 when the
+// directory does not exist.
+func RunningPIDIn(stateDir string) (int, error) {
+	store, err := state.OpenExisting(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer store.Close()
+	return RunningPID(store)
 }

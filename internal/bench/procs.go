@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,7 +72,7 @@ func (p *procs) trackStateDir(dir string) {
 
 // workerPID is the pid of the worker serving dir, 0 if none runs.
 func workerPID(dir string) int {
-	pid, err := worker.RunningPID(filepath.Join(dir, worker.LockFile))
+	pid, err := worker.RunningPIDIn(dir)
 	if err != nil || pid < 0 {
 		return 0
 	}

@@ -206,7 +206,7 @@ func (n *ctNode) exited() bool {
 // workerPID is the pid of the node's ct-supervise worker: 0 if none runs,
 // -1 if one is starting.
 func (n *ctNode) workerPID() int {
-	pid, err := worker.RunningPID(filepath.Join(n.stateDir, worker.LockFile))
+	pid, err := worker.RunningPIDIn(n.stateDir)
 	if err != nil {
 		return 0
 	}

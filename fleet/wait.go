@@ -1,0 +1,103 @@
+package fleet
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// retryWait is the pause after a failed read while waiting: a Consul
+// outage makes WaitClear wait longer, never give up.
+const retryWait = time.Second
+
+// WaitClear returns once neither a halt nor a pause (the action's own or
+// the global one) stops the action, or with ctx's error. While it waits it
+// tells onBlocked why, each time that changes. It watches both places with
+// blocking queries, so it returns within a round trip of the switch being
+// cleared.
+func (f *Fleet) WaitClear(ctx context.Context, onBlocked func(why string)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := f.Changes(ctx)
+
+	last := ""
+	for {
+		r := Rollout{}
+		var err error
+		if r.Halt, err = f.Halt(ctx); err == nil {
+			r.Pause, err = f.Pause(ctx)
+		}
+		why := r.Blocked()
+		if err != nil {
+			why = "cannot read the fleet's halt and pause switches: " + err.Error()
+		}
+		if why == "" {
+			return nil
+		}
+		if why != last && onBlocked != nil {
+			onBlocked(why)
+		}
+		last = why
+		if err != nil {
+			if err := sleep(ctx, retryWait); err != nil {
+				return err
+			}
+			continue
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Changes returns a channel that receives whenever the action's fleet
+// records or the global pause change, once soon after the call too, until
+// ctx ends. Receives coalesce: a reader that is busy gets one for many
+// changes.
+func (f *Fleet) Changes(ctx context.Context) <-chan struct{} {
+	changed := make(chan struct{}, 1)
+	go f.watch(ctx, f.dir, changed)
+	go f.watch(ctx, GlobalPauseKey, changed)
+	return changed
+}
+
+// watch signals changed whenever the KV key or folder at key changes,
+// until ctx ends.
+func (f *Fleet) watch(ctx context.Context, key string, changed chan<- struct{}) {
+	var index uint64
+	for ctx.Err() == nil {
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(ctx)
+		_, meta, err := f.client.KV().List(key, q)
+		if err != nil {
+			index = 0
+			if sleep(ctx, retryWait) != nil {
+				return
+			}
+			continue
+		}
+		if meta.LastIndex == index {
+			continue
+		}
+		// The first answer signals too: a change between the caller's
+		// read and ours would otherwise go unnoticed.
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+		index = meta.LastIndex
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

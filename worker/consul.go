@@ -1,0 +1,246 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"ct-supervise/lockexec"
+	"ct-supervise/state"
+)
+
+// ConsulSettingsFile holds the CONSUL_* connection settings that the last
+// exec was given, readable by its owner only: it holds the ACL token.
+//
+// Why: consul-template hands its `consul { address, token, ... }` block to
+// the commands it runs (exec) as CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN and the
+// rest, but not to plugins (register). A worker that register starts would
+// otherwise talk to 127.0.0.1:8500 without a token. So exec records them,
+// and every worker uses the newest recorded ones, whoever started it.
+const ConsulSettingsFile = "consul-settings.json"
+
+// consulEnvPrefix is the prefix of the variables consul-template sets for
+// its commands and Consul's api reads.
+const consulEnvPrefix = "CONSUL_"
+
+// ConsulSettings are recorded connection settings.
+type ConsulSettings struct {
+	// Env maps each CONSUL_* variable to its value.
+	Env map[string]string `json:"env"`
+	// RecordedAt is when an exec last recorded them.
+	RecordedAt time.Time `json:"recorded_at"`
+}
+
+// consulEnv picks the CONSUL_* variables out of environ (os.Environ's form).
+func consulEnv(environ []string) map[string]string {
+	env := map[string]string{}
+	for _, kv := range environ {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok && strings.HasPrefix(k, consulEnvPrefix) {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// RecordConsulSettings records the CONSUL_* variables of environ in the state
+// directory for the workers, if there are any: an exec run by hand from a
+// shell with none leaves what consul-template's exec recorded in force. An
+// unchanged set is not rewritten. It reports whether anything was recorded.
+func RecordConsulSettings(store *state.Store, environ []string) (bool, error) {
+	env := consulEnv(environ)
+	if len(env) == 0 {
+		return false, nil
+	}
+	path := store.Path(ConsulSettingsFile)
+	if old, err := loadConsulSettings(path); err == nil && maps.Equal(old.Env, env) {
+		return false, nil
+	}
+	data, err := json.Marshal(ConsulSettings{Env: env, RecordedAt: time.Now().UTC()})
+	if err != nil {
+		return false, err
+	}
+	// Written aside and renamed: a worker reading at the same moment sees
+	// the old or the new settings, never half of them.
+	tmp, err := os.CreateTemp(store.Dir(), ConsulSettingsFile+".tmp*")
+	if err != nil {
+		return false, fmt.Errorf("recording the Consul settings: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.Write(append(data, '\n'))
+	cerr := tmp.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		return false, fmt.Errorf("recording the Consul settings: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return false, fmt.Errorf("recording the Consul settings: %w", err)
+	}
+	// New settings may well fix what made the last worker fail at start:
+	// the next one need not wait out StartRetryDelay.
+	err = store.Update(func(st *state.State) error {
+		st.WorkerFailure = nil
+		return nil
+	})
+	return true, err
+}
+
+// loadConsulSettings reads recorded settings; the error wraps
+// os.ErrNotExist when exec never recorded any.
+func loadConsulSettings(path string) (ConsulSettings, error) {
+	var s ConsulSettings
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		return s, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// ConsulRunner is the worker's Runner against a real Consul. Before every
+// try it reads the recorded connection settings, so that a worker always
+// uses what consul-template gives its commands now, and it builds a new
+// client only when they changed. With none recorded it uses its own
+// environment.
+//
+// Precedence: the recorded settings, as a whole, over the worker's own
+// CONSUL_* environment (a service worker's Environment= included), so that
+// the worker talks to Consul exactly as consul-template does. The worker's
+// own environment applies only until an exec has recorded any.
+type ConsulRunner struct {
+	store *state.Store
+	own   map[string]string // the worker's own CONSUL_* environment
+
+	mu     sync.Mutex
+	env    map[string]string // the settings the client was built from
+	runner *lockexec.Runner
+	client *api.Client
+}
+
+// NewConsulRunner returns the runner for store's worker, after checking
+// that the current settings make a client: a bad CA file, for one, is a
+// configuration error, reported at start rather than on every try.
+func NewConsulRunner(store *state.Store) (*ConsulRunner, error) {
+	r := &ConsulRunner{store: store, own: consulEnv(os.Environ())}
+	if _, _, err := r.current(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Source describes where the settings in use come from, for the log: never
+// the token itself.
+func (r *ConsulRunner) Source() string {
+	s, err := loadConsulSettings(r.store.Path(ConsulSettingsFile))
+	if err != nil {
+		return "the worker's environment (no exec has recorded consul-template's settings yet)"
+	}
+	addr := s.Env["CONSUL_HTTP_ADDR"]
+	if addr == "" {
+		addr = "the default address"
+	}
+	return fmt.Sprintf("consul-template's, recorded by exec at %s (%s, token %s)",
+		s.RecordedAt.Format(time.RFC3339), addr, tokenState(s.Env))
+}
+
+func tokenState(env map[string]string) string {
+	if env["CONSUL_HTTP_TOKEN"] != "" || env["CONSUL_HTTP_TOKEN_FILE"] != "" {
+		return "set"
+	}
+	return "not set"
+}
+
+// current returns the runner and client for the newest settings.
+func (r *ConsulRunner) current() (*lockexec.Runner, *api.Client, error) {
+	env := r.own
+	s, err := loadConsulSettings(r.store.Path(ConsulSettingsFile))
+	switch {
+	case err == nil:
+		env = s.Env
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.runner != nil && maps.Equal(env, r.env) {
+		return r.runner, r.client, nil
+	}
+	client, err := clientFor(env)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.env, r.client, r.runner = env, client, lockexec.New(client)
+	return r.runner, r.client, nil
+}
+
+// envMu serialises clientFor's use of the process environment.
+var envMu sync.Mutex
+
+// clientFor builds a client from CONSUL_* settings. Consul's api reads them
+// only from the process environment, so they become the worker's
+// environment: the commands the worker runs get them too, as
+// consul-template's commands do.
+func clientFor(env map[string]string) (*api.Client, error) {
+	envMu.Lock()
+	defer envMu.Unlock()
+	for k := range consulEnv(os.Environ()) {
+		if _, keep := env[k]; !keep {
+			os.Unsetenv(k)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		os.Setenv(k, env[k])
+	}
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConsulConfig, err)
+	}
+	return client, nil
+}
+
+// ErrConsulConfig means the Consul connection settings cannot make a client:
+// a CA, certificate or key file that cannot be read, a bad address.
+var ErrConsulConfig = errors.New("bad Consul connection settings")
+
+// Run implements Runner with the newest settings.
+func (r *ConsulRunner) Run(ctx context.Context, opts lockexec.Options) (lockexec.Result, error) {
+	runner, _, err := r.current()
+	if err != nil {
+		return lockexec.Result{ExitCode: -1}, err
+	}
+	return runner.Run(ctx, opts)
+}
+
+// Reclaim implements Runner with the newest settings.
+func (r *ConsulRunner) Reclaim(ctx context.Context, prefix string, limit int, session string) error {
+	runner, _, err := r.current()
+	if err != nil {
+		return err
+	}
+	return runner.Reclaim(ctx, prefix, limit, session)
+}
+
+// Ping asks the agent for the cluster leader: cheap, and it fails both when
+// the agent is down and when the servers have no leader.
+func (r *ConsulRunner) Ping(ctx context.Context) error {
+	_, client, err := r.current()
+	if err != nil {
+		return err
+	}
+	var leader string
+	_, err = client.Raw().Query("/v1/status/leader", &leader, (&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && leader == "" {
+		err = errors.New("no cluster leader")
+	}
+	return err
+}
