@@ -552,3 +552,62 @@ func (p *ctNode) restart() {
 		close(done)
 	}()
 }
+
+// TestFaultActionLedger checks the fault action and its watcher, which
+// every fault's checks rest on: a run ends in the ledger when its action
+// completes, when it is stopped with SIGTERM, and when it is killed
+// without a word (the watcher writes that end).
+func TestFaultActionLedger(t *testing.T) {
+	act := newFaultAction(t)
+	start := func(node string, d time.Duration) *exec.Cmd {
+		cmd := exec.Command("/bin/sh", "-c", act.command(d, "x"))
+		cmd.Env = append(os.Environ(), "CT_SUPERVISE_NODE="+node)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	done := start("done", 100*time.Millisecond)
+	stopped := start("stopped", time.Minute)
+	killed := start("killed", time.Minute)
+	waitFor(t, 10*time.Second, "three runs to start", func() bool { return len(act.runs()) == 3 })
+	var left []string
+	for _, p := range act.started() {
+		if act.alive(p.pid) {
+			left = append(left, p.node)
+		}
+	}
+	if !slices.Contains(left, "stopped") || !slices.Contains(left, "killed") {
+		t.Fatalf("live actions %v, want stopped and killed among them", left)
+	}
+	_ = done.Wait()
+	_ = stopped.Process.Signal(syscall.SIGTERM)
+	_ = stopped.Wait()
+	_ = killed.Process.Kill()
+	_ = killed.Wait()
+	waitFor(t, 10*time.Second, "every run to end in the ledger", func() bool {
+		for _, r := range act.runs() {
+			if r.end == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	ends := map[string]string{}
+	for _, l := range lines(act.ledger) {
+		if f := strings.Fields(l); len(f) >= 3 && f[1] == "end" {
+			ends[f[0]] = strings.Join(f[3:], " ")
+		}
+	}
+	want := map[string]string{"done": "", "stopped": "stopped", "killed": "killed"}
+	for node, how := range want {
+		if got, ok := ends[node]; !ok || got != how {
+			t.Errorf("%s's run ended as %q (recorded: %t), want %q", node, got, ok, how)
+		}
+	}
+	if !act.completed("done", "x") || act.completed("stopped", "x") || act.completed("killed", "x") {
+		t.Error("completed() does not tell a finished run from a stopped or killed one")
+	}
+	act.checkNoOrphans(t.Errorf)
+}

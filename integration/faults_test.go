@@ -308,11 +308,26 @@ func leaderKilled(t *testing.T, fc *faultCluster, lk locker, report func(string,
 	t.Logf("%s killed; %s leads after %s", leader.Name, next.Name, time.Since(t0).Round(time.Millisecond))
 	o := outcome{fault: "leader server killed during a roll of 8", locker: lk.name, limit: 1, stop: "-", start: "-"}
 	finish(t, fc, act, &o, "", report, drivers...)
-	if runs := act.runs(); len(runs) != contenders {
+	runs := act.runs()
+	if len(runs) != contenders {
 		report("%d runs in the ledger, want %d:\n%s", len(runs), contenders, timeline(runs))
+	}
+	if completed := len(runs) - countUnfinished(runs); o.ran < completed {
+		report("%d commands ran to the end but only %d contenders exited 0: a transient error after the command (releasing, destroying the session) must not fail a run that happened", completed, o.ran)
 	}
 	// The killed server stays down: the cluster goes on with two.
 	return o
+}
+
+// countUnfinished counts the runs that did not end in the ledger.
+func countUnfinished(runs []ledgerRun) int {
+	n := 0
+	for _, r := range runs {
+		if r.end == 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // TestFaultLeaderKilledDuringRoll kills the raft leader of three servers
