@@ -66,11 +66,13 @@ func (c *CLI) execCommand(args []string) int {
 	}
 
 	var (
-		tickets []state.Ticket
-		unknown []string
-		queued  int
+		tickets    []state.Ticket
+		unknown    []string
+		queued     int
+		rejections map[string]state.DeclError
 	)
 	err = store.Update(func(st *state.State) error {
+		rejections = st.ReportRejections()
 		names := fs.Args()
 		if !*wait && !*strict {
 			names, unknown = splitRegistered(st, names)
@@ -92,6 +94,8 @@ func (c *CLI) execCommand(args []string) int {
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
+	// consul-template logs our output, not register's warnings.
+	c.warnRejections(cmd, rejections)
 	if len(tickets) == 0 {
 		if err := probeWritable(store.Dir()); storageFault(err) && !*wait {
 			return c.errorf(cmd, ExitOK, "error: the state directory refuses writes (%v): this render's declarations were not registered, nothing queued", err)

@@ -73,6 +73,8 @@ type Status struct {
 	ConsulError string                     `json:"consul_error,omitempty"`
 	Actions     []ActionStatus             `json:"actions"`
 	Rejected    map[string]state.DeclError `json:"rejected,omitempty"`
+	// WorkerFailure is why the last worker could not start, if it could not.
+	WorkerFailure *state.WorkerFailure `json:"worker_failure,omitempty"`
 }
 
 // statusCommand is `ct-supervise status`.
@@ -136,7 +138,7 @@ func (c *CLI) readStatus(cmd, stateDir, only string, cf *consulFlags) (Status, i
 	if err != nil {
 		return Status{}, c.errorf(cmd, ExitError, "%v", err)
 	}
-	status := Status{StateDir: store.Dir(), WorkerPID: pid, Rejected: st.Errors, Actions: []ActionStatus{}}
+	status := Status{StateDir: store.Dir(), WorkerPID: pid, Rejected: st.Errors, Actions: []ActionStatus{}, WorkerFailure: st.WorkerFailure}
 
 	names := make([]string, 0, len(st.Actions))
 	for n := range st.Actions {
@@ -199,7 +201,7 @@ func addHolders(actions []ActionStatus, cf *consulFlags) error {
 	for i := range actions {
 		a := &actions[i]
 		if stop != nil {
-			a.HoldersErr = describeConsulError(stop)
+			a.HoldersErr = "not asked after an earlier read failed: " + describeConsulError(stop)
 			continue
 		}
 		h, err := runner.Holders(a.Prefix, (&api.QueryOptions{}).WithContext(ctx))
@@ -266,10 +268,13 @@ func (c *CLI) printStatus(s Status) {
 	} else {
 		fmt.Fprintf(w, "State directory:\t%s\n", s.StateDir)
 	}
-	switch s.WorkerPID {
-	case 0:
+	switch {
+	case s.WorkerPID == 0 && s.WorkerFailure != nil:
+		f := s.WorkerFailure
+		fmt.Fprintf(w, "Worker:\tnot running; failed to start at %s: %s\n", f.At.Format(time.RFC3339), printable(f.Message))
+	case s.WorkerPID == 0:
 		fmt.Fprintf(w, "Worker:\tnot running\n")
-	case -1:
+	case s.WorkerPID == -1:
 		fmt.Fprintf(w, "Worker:\tstarting\n")
 	default:
 		fmt.Fprintf(w, "Worker:\trunning (pid %d)\n", s.WorkerPID)
@@ -360,6 +365,10 @@ func holdersCell(a ActionStatus) string {
 	}
 	nodes := make([]string, 0, len(a.Holders))
 	for _, h := range a.Holders {
+		if h.Node == "" { // the session could not be read (gone, or no session:read)
+			nodes = append(nodes, "session "+cut(h.Session, 9))
+			continue
+		}
 		nodes = append(nodes, quoteName(h.Node))
 	}
 	if len(nodes) == 0 {
@@ -462,3 +471,21 @@ func lastResult(a ActionStatus) string {
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }
+
+// warnRejections prints one warning line per rejected declaration, sorted
+// by name, quoted as status quotes them.
+func (c *CLI) warnRejections(cmd string, rejections map[string]state.DeclError) {
+	names := make([]string, 0, len(rejections))
+	for n := range rejections {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		label := "declaration " + quoteName(n)
+		if n == "" {
+			label = "a declaration with no name"
+		}
+		e := rejections[n]
+		c.errorf(cmd, ExitOK, "warning: rejected %s at %s, the last good one stays in force: %s", label, e.At.Format(time.RFC3339), printable(e.Message))
+	}
+}

@@ -26,10 +26,10 @@ const (
 // (a key of codeKeys) without the template's -allow-data-commands.
 var ErrDataCommand = errors.New("a command from data needs -allow-data-commands")
 
-// codeKeys are the JSON keys whose values are run: data may set them only
-// with -allow-data-commands. A key for a second command (a check before
-// the lock, say) belongs here too.
-var codeKeys = []string{"command"}
+// codeKeys are the JSON keys whose values are run, or that give what runs
+// a privilege: data may set them only with -allow-data-commands. A key for
+// a second command (a check before the lock, say) belongs here too.
+var codeKeys = []string{"command", "pass_token"}
 
 // dataCommandError is the error for data that sets a code key: it wraps
 // both ErrInvalidDeclaration and ErrDataCommand.

@@ -67,6 +67,8 @@ func (d *Declaration) BindFlags(fs *flag.FlagSet) {
 		"run the command through /bin/sh -c (write -shell=false: a boolean flag takes its value after \"=\")")
 	fs.Var(durationFlag{&d.CommandTimeout}, "command-timeout",
 		"terminate the command if it runs longer than this `duration`, e.g. 5m (0: no limit)")
+	fs.BoolVar(&d.PassToken, "pass-token", d.PassToken,
+		"leave the Consul token (CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE, ...) in the command's environment; by default it is removed")
 }
 
 // BindQueueFlags registers the flags that only matter to a queued action,
@@ -350,7 +352,8 @@ func (d Declaration) Equal(o Declaration) bool {
 		d.Shell == o.Shell &&
 		d.CommandTimeout == o.CommandTimeout &&
 		d.MaxAttempts == o.MaxAttempts &&
-		d.Policy == o.Policy
+		d.Policy == o.Policy &&
+		d.PassToken == o.PassToken
 }
 
 // invalidf builds a declaration error. Messages end up in a one-line log
