@@ -54,7 +54,7 @@ integration: build
 
 # Each fuzz target gets FUZZTIME on its own (scripts/fuzz.sh). Their seed
 # corpora (testdata/fuzz) also run as plain tests in `make test`.
-FUZZ_TARGETS := plugin:FuzzParseJSON plugin:FuzzDeclarationFlags state:FuzzDecodeState
+FUZZ_TARGETS := plugin:FuzzParseJSON plugin:FuzzParseArgs plugin:FuzzDeclarationFlags state:FuzzDecodeState
 
 fuzz:
 	@GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
