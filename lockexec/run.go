@@ -443,14 +443,9 @@ func describeLimit(n int) string {
 func (rn *run) finish() error {
 	o := &rn.opts
 	var firstErr error
-	// Until cleanupTimeout from now, a release or destroy that meets a
-	// leader election is tried again: failing it would fail a run whose
-	// command succeeded, and leave the lock to the session TTL and the
-	// lock-delay.
-	deadline := time.Now().Add(cleanupTimeout)
 	if rn.held {
 		rn.held = false
-		if err := retryTransient(deadline, rn.lock.release); err != nil {
+		if err := rn.lock.release(); err != nil {
 			rn.log.Warn("releasing the lock failed", "prefix", o.Prefix, "error", err)
 			firstErr = fmt.Errorf("releasing the lock on %q: %w", o.Prefix, err)
 		} else {
@@ -462,11 +457,7 @@ func (rn *run) finish() error {
 	<-rn.renewDone
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	destroy := func() error {
-		_, err := rn.client.Session().Destroy(rn.session, (&api.WriteOptions{}).WithContext(ctx))
-		return err
-	}
-	if err := retryTransient(deadline, destroy); err != nil {
+	if _, err := rn.client.Session().Destroy(rn.session, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		rn.log.Warn("destroying the session failed; Consul removes it when its TTL runs out",
 			"session", rn.session, "ttl", o.SessionTTL, "error", err)
 		if firstErr == nil {
@@ -486,21 +477,6 @@ func (rn *run) finish() error {
 		}
 	}
 	return firstErr
-}
-
-// retryTransient calls fn until it succeeds, fails for a reason that is
-// not transient (see isTransient), or the next try would start after
-// deadline. The backoff starts at 100ms and doubles up to a second.
-func retryTransient(deadline time.Time, fn func() error) error {
-	backoff := 100 * time.Millisecond
-	for {
-		err := fn()
-		if err == nil || !isTransient(err) || time.Now().Add(backoff).After(deadline) {
-			return err
-		}
-		time.Sleep(backoff)
-		backoff = min(2*backoff, time.Second)
-	}
 }
 
 // isStopSignal reports whether sig asks us to stop rather than being meant
