@@ -405,24 +405,40 @@ func TestExampleNginx(t *testing.T) {
 
 // TestExampleHAProxy: haproxy's configuration rendered from the catalog,
 // checked with `haproxy -c` and reloaded through systemd, one node at a
-// time.
+// time; a file haproxy -c refuses is never reloaded.
 func TestExampleHAProxy(t *testing.T) {
 	client := packageClient(t)
 	registerApp(t, client)
-	h := newExampleHost(t, "lb-1", agent.Addr())
-	p := h.startCT(true, nil, h.install("haproxy"))
-	if code, exited := p.wait(exampleTimeout); !exited || code != 0 {
-		t.Fatalf("consul-template -once: exited %v, status %d; want a render and exit 0", exited, code)
+	for _, tc := range []struct {
+		name  string
+		fail  bool // haproxy -c refuses the file
+		calls int  // how many of the calls below are made
+		ok    bool
+	}{
+		{"reloads", false, 2, true},
+		{"haproxy -c fails", true, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newExampleHost(t, "lb-1", agent.Addr())
+			cfg := h.path("/etc/haproxy/haproxy.cfg")
+			calls := []string{"haproxy -c -q -f " + cfg, "systemctl reload haproxy.service"}
+			if tc.fail {
+				writeFile(t, h.ledger+".fail", calls[0]+"\n")
+			}
+			p := h.startCT(true, nil, h.install("haproxy"))
+			if code, exited := p.wait(exampleTimeout); !exited || code != 0 {
+				t.Fatalf("consul-template -once: exited %v, status %d; want a render and exit 0", exited, code)
+			}
+			checkRendered(t, cfg, renderedHeader,
+				"backend app\n  balance roundrobin\n  server app-1 10.0.0.1:8080 check\n  server app-2 10.0.0.2:8080 check\n")
+			a := h.waitResult("haproxy")
+			checkDeclared(t, a, 1, 10*time.Minute, 0)
+			if a.Last.OK != tc.ok {
+				t.Errorf("last result ok = %v (%+v), want %v", a.Last.OK, *a.Last, tc.ok)
+			}
+			h.checkCalls(calls[:tc.calls]...)
+		})
 	}
-	cfg := h.path("/etc/haproxy/haproxy.cfg")
-	checkRendered(t, cfg, renderedHeader,
-		"backend app\n  balance roundrobin\n  server app-1 10.0.0.1:8080 check\n  server app-2 10.0.0.2:8080 check\n")
-	a := h.waitResult("haproxy")
-	checkDeclared(t, a, 1, 10*time.Minute, 0)
-	if !a.Last.OK {
-		t.Errorf("last result %+v, want ok", *a.Last)
-	}
-	h.checkCalls("haproxy -c -q -f "+cfg, "systemctl reload haproxy.service")
 }
 
 // TestExampleSystemdApp: myapp's environment file rendered from KV, mode
