@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -36,9 +37,15 @@ Subcommands:
   exec      Queue declared actions for the background worker (template command).
   worker    Drain the queue (started by exec; runnable in the foreground).
   status    Show declared actions, the queue, the worker and lock holders.
+  pause     Stop new starts of an action on every node (-all: of every action).
+  resume    Lift a pause, and the halt a failing node set.
+  rollout   Show where an action's rollout stands on every node.
+  forget    Remove actions no template declares any more from the state.
   version   Print the version.
 
-Run 'ct-supervise <subcommand> -h' for the flags of a subcommand.
+Run 'ct-supervise <subcommand> -h' for the flags of a subcommand. A first
+word within two typos of a subcommand (stauts) is refused, not run: write
+'ct-supervise run WORD' for a command of that name.
 `
 
 // CLI is the command-line interface. Its streams are injected so that tests
@@ -72,6 +79,14 @@ func (c *CLI) Run(args []string) int {
 		return c.workerCommand(args[1:])
 	case "status":
 		return c.statusCommand(args[1:])
+	case "pause":
+		return c.pauseCommand(args[1:])
+	case "resume":
+		return c.resumeCommand(args[1:])
+	case "rollout":
+		return c.rolloutCommand(args[1:])
+	case "forget":
+		return c.forgetCommand(args[1:])
 	case "version", "-version", "--version":
 		fmt.Fprintln(c.stdout, versionString())
 		return ExitOK
@@ -90,7 +105,7 @@ func (c *CLI) Run(args []string) int {
 }
 
 // subcommands are the words Run dispatches on, for typo detection.
-var subcommands = []string{"run", "register", "exec", "worker", "status", "version", "help"}
+var subcommands = []string{"run", "register", "exec", "worker", "status", "pause", "resume", "rollout", "version", "help"}
 
 // maxTypoDistance is how far a bare first word may be from a subcommand
 // and still be taken for a typo of it: `stauts`, `exce` and `stat` are, and
@@ -209,22 +224,42 @@ func newLogger(name string, verbose bool, out io.Writer) hclog.Logger {
 // consulFlags are the connection flags shared by subcommands that talk to
 // Consul. Unset flags leave the CONSUL_* environment in charge.
 type consulFlags struct {
-	httpAddr string
-	token    string
+	httpAddr  string
+	token     string
+	tokenFile string
 }
 
 func (f *consulFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.httpAddr, "http-addr", "", "Consul HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
-	fs.StringVar(&f.token, "token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&f.token, "token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN); visible to other users in ps, prefer -token-file")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the Consul ACL token (default $CONSUL_HTTP_TOKEN_FILE)")
 }
 
+// client returns a Consul client: the flags over the CONSUL_* environment,
+// -token over -token-file as in consul's own CLI. The token is never
+// printed: errors name the file, not its contents.
 func (f *consulFlags) client() (*api.Client, error) {
 	cfg := api.DefaultConfig()
 	if f.httpAddr != "" {
 		cfg.Address = f.httpAddr
 	}
+	if f.tokenFile != "" {
+		cfg.Token, cfg.TokenFile = "", f.tokenFile
+	}
 	if f.token != "" {
 		cfg.Token = f.token
+	}
+	if cfg.Token == "" && cfg.TokenFile != "" {
+		// api.NewClient would read it too, but say nothing useful when
+		// it is missing or empty.
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("consul token file: %w", err)
+		}
+		if cfg.Token = strings.TrimSpace(string(b)); cfg.Token == "" {
+			return nil, fmt.Errorf("consul token file %s is empty", cfg.TokenFile)
+		}
+		cfg.TokenFile = ""
 	}
 	client, err := api.NewClient(cfg)
 	if err != nil {

@@ -93,7 +93,7 @@ func TestRunConsulUnreachable(t *testing.T) {
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	for _, args := range [][]string{{"-h"}, {"run", "-h"}, {"register", "-h"}, {"exec", "-h"}, {"worker", "-h"}, {"status", "-h"}} {
+	for _, args := range [][]string{{"-h"}, {"run", "-h"}, {"register", "-h"}, {"exec", "-h"}, {"worker", "-h"}, {"status", "-h"}, {"forget", "-h"}} {
 		stdout, stderr, code := runCLI(args...)
 		if code != 0 || !strings.Contains(stdout, "Usage: ct-supervise") || stderr != "" {
 			t.Errorf("%v: exit %d stdout %q stderr %q", args, code, stdout, stderr)
@@ -140,6 +140,7 @@ func TestRegister(t *testing.T) {
 		{"-json with nothing after it", []string{"-json"}, "write -json and its value as one argument"},
 		{"flags without a command", []string{"-strict", "-n=2", "-name=nginx"}, "missing command after -n -name"},
 		{"-policy without a command", []string{"-name=nginx", `-policy={"n":2}`}, "missing command: -policy"},
+		{"data after flags", []string{"-name=nginx", `{"n":2}`}, `the command "{\"n\":2}" is a JSON object: pass data as one -policy=VALUE`},
 		{"boolean flag trap", []string{"-shell", "false", "echo x"}, "write -shell=false"},
 		{"strict unknown key", []string{"-strict", "-allow-data-commands", `{"name":"x","command":"true","tyr":"1m"}`}, `"tyr"`},
 		{"strict malformed", []string{"-strict", `{"name":"x",`}, "JSON"},
@@ -153,15 +154,15 @@ func TestRegister(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := stateFile(t, dir)
 			stdout, stderr, code := runCLI(append([]string{"register", sd}, tc.args...)...)
-			if code == 0 {
-				t.Fatalf("exit 0, want failure (stderr %q)", stderr)
+			if code != lockexec.ExitUsage {
+				t.Fatalf("exit %d, want %d (stderr %q)", code, lockexec.ExitUsage, stderr)
 			}
 			if stdout != "" {
 				t.Fatalf("stdout %q: register must print nothing", stdout)
 			}
 			oneErrorLine(t, stderr, tc.want)
 			after := stateFile(t, dir)
-			if tc.args[0] != "-strict" && !bytes.Equal(before, after) && before != nil {
+			if tc.args[0] != "-strict" && !bytes.Equal(before, after) {
 				t.Fatalf("state changed by a rejected declaration")
 			}
 		})

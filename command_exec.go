@@ -66,11 +66,13 @@ func (c *CLI) execCommand(args []string) int {
 	}
 
 	var (
-		tickets []state.Ticket
-		unknown []string
-		queued  int
+		tickets    []state.Ticket
+		unknown    []string
+		queued     int
+		rejections map[string]state.DeclError
 	)
 	err = store.Update(func(st *state.State) error {
+		rejections = st.ReportRejections()
 		names := fs.Args()
 		if !*wait && !*strict {
 			names, unknown = splitRegistered(st, names)
@@ -89,6 +91,8 @@ func (c *CLI) execCommand(args []string) int {
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
+	// consul-template logs our output, not register's warnings.
+	c.warnRejections(cmd, rejections)
 	// consul-template exits when its command fails. A name the render did
 	// not register (its declaration is data that is not there yet) must
 	// not take it down: say so and go on.

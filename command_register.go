@@ -151,8 +151,7 @@ func storedPolicy(store *state.Store, name string) string {
 // they would wait for the next exec, and a restarted consul-template whose
 // renders change nothing runs none. Failing here must not fail the render.
 func (c *CLI) resumeQueue(store *state.Store, verbose bool, log hclog.Logger) {
-	st, err := store.Load()
-	if err != nil || st.QueueLen() == 0 {
+	if n, err := store.QueueLen(); err != nil || n == 0 {
 		return
 	}
 	if err := c.startWorker(store, verbose); err != nil {
@@ -164,8 +163,10 @@ func (c *CLI) resumeQueue(store *state.Store, verbose bool, log hclog.Logger) {
 // good declaration, record the problem for `status`, warn, and let the
 // render go on, unless strict.
 func (c *CLI) rejectData(cmd string, store *state.Store, name string, err error, strict bool, ok func() int) int {
-	if rerr := store.RecordError(name, err.Error(), time.Now()); rerr != nil {
+	if news, rerr := store.RecordRejection(name, err.Error(), time.Now()); rerr != nil {
 		c.errorf(cmd, ExitError, "recording the rejected declaration: %v", rerr)
+	} else if news {
+		appendWorkerLog(store, cmd, "rejected a declaration from data; the last good one stays in force", "name", name, "error", err)
 	}
 	if strict {
 		return c.errorf(cmd, lockexec.ExitUsage, "%v", err)

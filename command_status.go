@@ -199,7 +199,7 @@ func addHolders(actions []ActionStatus, cf *consulFlags) error {
 	for i := range actions {
 		a := &actions[i]
 		if stop != nil {
-			a.HoldersErr = describeConsulError(stop)
+			a.HoldersErr = "not asked after an earlier read failed: " + describeConsulError(stop)
 			continue
 		}
 		h, err := runner.Holders(a.Prefix, (&api.QueryOptions{}).WithContext(ctx))
@@ -360,6 +360,10 @@ func holdersCell(a ActionStatus) string {
 	}
 	nodes := make([]string, 0, len(a.Holders))
 	for _, h := range a.Holders {
+		if h.Node == "" { // the session could not be read (gone, or no session:read)
+			nodes = append(nodes, "session "+cut(h.Session, 9))
+			continue
+		}
 		nodes = append(nodes, quoteName(h.Node))
 	}
 	if len(nodes) == 0 {
@@ -462,3 +466,21 @@ func lastResult(a ActionStatus) string {
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", " ") }
+
+// warnRejections prints one warning line per rejected declaration, sorted
+// by name, quoted as status quotes them.
+func (c *CLI) warnRejections(cmd string, rejections map[string]state.DeclError) {
+	names := make([]string, 0, len(rejections))
+	for n := range rejections {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		label := "declaration " + quoteName(n)
+		if n == "" {
+			label = "a declaration with no name"
+		}
+		e := rejections[n]
+		c.errorf(cmd, ExitOK, "warning: rejected %s at %s, the last good one stays in force: %s", label, e.At.Format(time.RFC3339), printable(e.Message))
+	}
+}

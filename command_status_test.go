@@ -109,6 +109,13 @@ func TestStatusReportsHoldersOrWhyNot(t *testing.T) {
 			t.Errorf("no client: action %s: holders %v error %q", a.Name, a.Holders, a.HoldersErr)
 		}
 	}
+	t.Setenv("CONSUL_CACERT", "")
+	missing := filepath.Join(t.TempDir(), "token")
+	s = statusJSON(t, "-state-dir="+dir, "-http-addr="+agent.Addr(), "-token-file="+missing)
+	if !strings.Contains(s.ConsulError, "consul token file") || !strings.Contains(s.ConsulError, missing) {
+		t.Errorf("a missing -token-file: consul_error %q", s.ConsulError)
+	}
+	t.Setenv("CONSUL_CACERT", filepath.Join(t.TempDir(), "missing.pem"))
 	stdout, stderr, code := runCLI("status", "-state-dir="+dir, "-http-addr=https://127.0.0.1:"+itoa(port))
 	if code != 0 || !strings.Contains(stdout, "Consul:") || !strings.Contains(stdout, "missing.pem") {
 		t.Errorf("status without a client: exit %d stdout %q stderr %q", code, stdout, stderr)

@@ -199,3 +199,16 @@ func (c *CLI) workerCommand(args []string) int {
 	}
 	return ExitOK
 }
+
+// appendWorkerLog writes one line to the worker's log on behalf of another
+// subcommand (register's rejected declarations), so that the log holds
+// every problem of the state directory. It never rotates: only the worker
+// does, under its lock. Failing to log is not worth failing a render.
+func appendWorkerLog(store *state.Store, cmd, msg string, args ...any) {
+	f, err := store.OpenFile(WorkerLogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	newLogger(cmd, false, f).Warn(msg, args...)
+}

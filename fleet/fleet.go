@@ -280,3 +280,20 @@ func (f *Fleet) list(ctx context.Context, index uint64) (api.KVPairs, *api.Query
 	}
 	return pairs, meta, nil
 }
+
+// Known reports whether anything of the action is in Consul: its lock key
+// or any fleet record. An operator's resume of a name that has none is a
+// typo, not a no-op.
+func (f *Fleet) Known(ctx context.Context, prefix string) (bool, error) {
+	pairs, _, err := f.list(ctx, 0)
+	if err != nil || len(pairs) > 0 {
+		return len(pairs) > 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	keys, _, err := f.client.KV().Keys(prefix+"/", "", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("reading %q: %w", prefix+"/", err)
+	}
+	return len(keys) > 0, nil
+}

@@ -78,7 +78,11 @@ func (r Rollout) Summary() string {
 	if body == "" {
 		body = "no node has published yet"
 	}
-	return fmt.Sprintf("%d nodes: %s; halted: %s; paused: %s", len(r.Nodes), body, r.haltText(), r.pauseText())
+	nodes := "nodes"
+	if len(r.Nodes) == 1 {
+		nodes = "node"
+	}
+	return fmt.Sprintf("%d %s: %s; halted: %s; paused: %s", len(r.Nodes), nodes, body, r.haltText(), r.pauseText())
 }
 
 func doneParts(done map[string]int) []string {

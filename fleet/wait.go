@@ -19,9 +19,7 @@ const retryWait = time.Second
 func (f *Fleet) WaitClear(ctx context.Context, onBlocked func(why string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	changed := make(chan struct{}, 1)
-	go f.watch(ctx, f.dir, changed)
-	go f.watch(ctx, GlobalPauseKey, changed)
+	changed := f.Changes(ctx)
 
 	last := ""
 	for {
@@ -53,6 +51,17 @@ func (f *Fleet) WaitClear(ctx context.Context, onBlocked func(why string)) error
 			return ctx.Err()
 		}
 	}
+}
+
+// Changes returns a channel that receives whenever the action's fleet
+// records or the global pause change, once soon after the call too, until
+// ctx ends. Receives coalesce: a reader that is busy gets one for many
+// changes.
+func (f *Fleet) Changes(ctx context.Context) <-chan struct{} {
+	changed := make(chan struct{}, 1)
+	go f.watch(ctx, f.dir, changed)
+	go f.watch(ctx, GlobalPauseKey, changed)
+	return changed
 }
 
 // watch signals changed whenever the KV key or folder at key changes,

@@ -601,6 +601,47 @@ func TestConsulTemplateDataIsNeverCode(t *testing.T) {
 	}
 }
 
+// TestConsulTemplatePolicyKeptAcrossRestart: consul-template's first
+// render pass after a start runs before it has fetched any key, so every
+// start passes an empty -policy= first. That pass must keep the policy
+// stored by the last run rather than fall back to the template's values,
+// or a bad policy present at the restart would "keep" those instead of the
+// last good merged declaration (issue 14).
+func TestConsulTemplatePolicyKeptAcrossRestart(t *testing.T) {
+	t.Parallel()
+	const policyKey = "it/ct-restart/policy"
+	tmpl := []ctTemplate{{
+		name: "restart",
+		body: `{{ plugin "ct-supervise" "register" "-name=ct-restart" "-n=3" (printf "-policy=%s" (key "` + policyKey + `")) "true" -}}` +
+			"\npolicy={{ key \"" + policyKey + "\" }}\n",
+	}}
+	n := newNode(t, "node-1")
+	once := func(policy string) *ctNode {
+		t.Helper()
+		putKV(t, policyKey, policy)
+		p := startConsulTemplateOn(t, n, tmpl, true)
+		if code, exited := p.wait(60 * time.Second); !exited || code != 0 {
+			t.Fatalf("consul-template -once with the policy %s: exited %t, status %d", policy, exited, code)
+		}
+		if got, want := p.readDest("restart"), "policy="+policy+"\n"; got != want {
+			t.Fatalf("rendered %q, want %q", got, want)
+		}
+		return p
+	}
+
+	p := once(`{"n": 2}`)
+	if a := actionOf(t, p, "ct-restart"); a["n"] != float64(2) {
+		t.Fatalf("after the first run the action is %v, want n=2 from the policy", a)
+	}
+	p = once(`{"n": 0}`)
+	if a := actionOf(t, p, "ct-restart"); a["n"] != float64(2) {
+		t.Fatalf("after a restart with a bad policy the action is %v, want the last good n=2 (not the template's 3)", a)
+	}
+	if msg := rejectedOf(t, p, "ct-restart"); !strings.Contains(msg, "-n must be at least 1") {
+		t.Fatalf("status shows %q for the bad policy, want its rejection", msg)
+	}
+}
+
 // TestLedgerChecker makes sure the ledger checks can fail: the assertions
 // above are only as good as parseLedger and maxConcurrency.
 func TestLedgerChecker(t *testing.T) {

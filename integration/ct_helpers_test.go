@@ -75,12 +75,12 @@ type ctNode struct {
 func startConsulTemplate(t *testing.T, name string, tmpls []ctTemplate, once bool) *ctNode {
 	t.Helper()
 	needConsulTemplate(t)
-	return startConsulTemplateOn(t, newNode(t, name), tmpls, once)
+	n := newNode(t, name) // registers the worker's stop first, so it runs last
+	return startConsulTemplateOn(t, n, tmpls, once)
 }
 
-// startConsulTemplateOn is startConsulTemplate on an existing node, which
-// must have been made by the same test (newNode registers the worker's
-// stop first, so that it runs last).
+// startConsulTemplateOn is startConsulTemplate on an existing node, so that
+// a test can restart consul-template on the same state directory.
 func startConsulTemplateOn(t *testing.T, n *node, tmpls []ctTemplate, once bool) *ctNode {
 	t.Helper()
 	needConsulTemplate(t)

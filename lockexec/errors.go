@@ -3,6 +3,7 @@ package lockexec
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -77,4 +78,20 @@ func isTransient(err error) bool {
 		}
 	}
 	return errors.Is(err, context.DeadlineExceeded)
+}
+
+// ClassifyConsulError wraps err, from any Consul call, with the sentinel
+// its cause maps to (ErrPermissionDenied, ErrConsulUnreachable), so that
+// every subcommand exits with the same code for the same cause. Other
+// errors come back as they are.
+func ClassifyConsulError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case isPermissionDenied(err):
+		return fmt.Errorf("%w: %v", ErrPermissionDenied, err)
+	case isUnreachable(err), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w: %v", ErrConsulUnreachable, err)
+	}
+	return err
 }

@@ -22,9 +22,31 @@ const (
 	AllowDataCommandsFlag = "allow-data-commands"
 )
 
-// ErrDataCommand is wrapped by the error for data that sets "command"
-// without the template's -allow-data-commands.
+// ErrDataCommand is wrapped by the error for data that sets a command
+// (a key of codeKeys) without the template's -allow-data-commands.
 var ErrDataCommand = errors.New("a command from data needs -allow-data-commands")
+
+// codeKeys are the JSON keys whose values are run, or that give what runs
+// a privilege: data may set them only with -allow-data-commands. A key for
+// a second command (a check before the lock, say) belongs here too.
+var codeKeys = []string{"command", "pass_token"}
+
+// dataCommandError is the error for data that sets a code key: it wraps
+// both ErrInvalidDeclaration and ErrDataCommand.
+func dataCommandError(format string, a ...any) error {
+	return fmt.Errorf("%w: %w in the template: commands are code, so %s", ErrInvalidDeclaration, ErrDataCommand, fmt.Sprintf(format, a...))
+}
+
+// dataCommandKey returns the first key of codeKeys that obj sets (a null
+// value sets nothing), "" if none.
+func dataCommandKey(obj map[string]any) string {
+	for _, k := range codeKeys {
+		if obj[k] != nil {
+			return k
+		}
+	}
+	return ""
+}
 
 // Source says where a register call's declaration comes from, which
 // decides what a bad one does: code fails the render, data does not.
@@ -118,8 +140,13 @@ func (a *Args) Parse(args []string) error {
 				name, name, name)
 		}
 	}
-	if err != nil {
+	if errors.Is(err, flag.ErrHelp) {
 		return err
+	}
+	if err != nil {
+		// The flag package quotes the argument as given, line breaks
+		// and all.
+		return errors.New(OneLine(err.Error()))
 	}
 	return CheckFlagUse(a.fs, args)
 }
@@ -169,6 +196,11 @@ func (a *Args) Resolve() (Request, error) {
 		return req, nil
 	}
 
+	if len(rest) == 1 && isJSONObject(rest[0]) {
+		// No shell runs a JSON object; a template that passes data after
+		// its flags, (key "...") where -policy= was meant, would.
+		return req, fmt.Errorf("the command %q is a JSON object: pass data as one -policy=VALUE (or -json=VALUE) argument, e.g. (printf \"-policy=%%s\" (key \"...\"))", rest[0])
+	}
 	d := a.Template
 	d.Command = slices.Clone(rest)
 	if err := d.Finish(); err != nil {
@@ -194,6 +226,12 @@ func looksLikeBareData(arg string) bool {
 	a := strings.TrimSpace(arg)
 	return strings.HasPrefix(a, "{") || strings.HasPrefix(a, "[") || strings.HasPrefix(a, `"`) ||
 		a == "null" || strings.Contains(a, "\n")
+}
+
+// isJSONObject reports whether s is one valid JSON object.
+func isJSONObject(s string) bool {
+	s = strings.TrimSpace(s)
+	return strings.HasPrefix(s, "{") && json.Valid([]byte(s))
 }
 
 // quoteAll quotes each argument for an error message.
@@ -222,8 +260,8 @@ func ParseData(s string, allowCommands bool) (d Declaration, name string, err er
 	if err := checkObject(obj); err != nil {
 		return Declaration{}, name, err
 	}
-	if obj["command"] != nil && !allowCommands {
-		return Declaration{}, name, invalidf("%v in the template: commands are code, so data may set \"command\" only with it; add -allow-data-commands to the register call, or move the command into the template and pass this data with -policy", ErrDataCommand)
+	if k := dataCommandKey(obj); k != "" && !allowCommands {
+		return Declaration{}, name, dataCommandError("data may set %q only with it; add -allow-data-commands to the register call, or move the command into the template and pass this data with -policy", k)
 	}
 	d = DefaultDeclaration()
 	if err := decodeInto(obj, &d); err != nil {
@@ -262,8 +300,8 @@ func (d Declaration) WithPolicy(policy string, allowCommands bool) (Declaration,
 	if _, ok := obj["name"]; ok {
 		return Declaration{}, invalidf("a policy cannot set \"name\": the template names the action")
 	}
-	if obj["command"] != nil && !allowCommands {
-		return Declaration{}, invalidf("%v in the template: commands are code, so a policy may set \"command\" only with it", ErrDataCommand)
+	if k := dataCommandKey(obj); k != "" && !allowCommands {
+		return Declaration{}, dataCommandError("a policy may set %q only with it", k)
 	}
 	m := d
 	m.Command = slices.Clone(d.Command)

@@ -6,6 +6,9 @@ package plugin
 
 import (
 	"errors"
+	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"ct-supervise/lockexec"
@@ -74,6 +77,31 @@ type Declaration struct {
 	// the key yet) re-applies the last good policy instead of falling back
 	// to the template's values for a moment. Data cannot set it.
 	Policy string `mapstructure:"-" json:"policy,omitempty"`
+
+	// PassToken leaves the Consul ACL token variables (ConsulTokenEnv) in
+	// the command's environment. False removes them: a reload that drops
+	// privileges must not be able to read ct-supervise's token.
+	PassToken bool `mapstructure:"pass_token" json:"pass_token,omitempty"`
+}
+
+// ConsulTokenEnv are the environment variables that carry Consul
+// credentials, which a command gets only with PassToken.
+var ConsulTokenEnv = []string{"CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_HTTP_AUTH", "CONSUL_TOKEN"}
+
+// CommandEnv returns environ for the command: without ConsulTokenEnv
+// unless passToken.
+func CommandEnv(environ []string, passToken bool) []string {
+	if passToken {
+		return environ
+	}
+	out := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(ConsulTokenEnv, name) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // LockOptions maps the declaration onto the lock runner's options. The
@@ -88,5 +116,6 @@ func (d Declaration) LockOptions() lockexec.Options {
 		Command:        d.Command,
 		Shell:          d.Shell,
 		Timeout:        d.CommandTimeout,
+		Env:            CommandEnv(os.Environ(), d.PassToken),
 	}
 }

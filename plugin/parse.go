@@ -58,15 +58,17 @@ func (d *Declaration) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&d.Prefix, "prefix", d.Prefix,
 		"Consul KV prefix of the lock (default \""+DefaultPrefixRoot+"\" + name)")
 	fs.Var(durationFlag{&d.Try}, "try",
-		"give up if the lock is not acquired within this time, e.g. 10m (0: wait forever)")
+		"give up if the lock is not acquired within this `duration`, e.g. 10m (0: wait forever)")
 	fs.Var(durationFlag{&d.Try}, "timeout",
-		"alias of -try, as in consul lock (the command's own limit is -command-timeout)")
+		"alias of -try: the lock wait, as in consul lock, a `duration` (the command's own limit is -command-timeout)")
 	fs.IntVar(&d.MonitorRetry, "monitor-retry", d.MonitorRetry,
 		"number of Consul errors to ride out while holding the lock (0: none)")
 	fs.BoolVar(&d.Shell, "shell", d.Shell,
 		"run the command through /bin/sh -c (write -shell=false: a boolean flag takes its value after \"=\")")
 	fs.Var(durationFlag{&d.CommandTimeout}, "command-timeout",
-		"terminate the command if it runs longer than this, e.g. 5m (0: no limit)")
+		"terminate the command if it runs longer than this `duration`, e.g. 5m (0: no limit)")
+	fs.BoolVar(&d.PassToken, "pass-token", d.PassToken,
+		"leave the Consul token (CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE, ...) in the command's environment; by default it is removed")
 }
 
 // BindQueueFlags registers the flags that only matter to a queued action,
@@ -220,11 +222,8 @@ func (d *Declaration) Finish() error {
 	if d.Name == "" {
 		d.Name = GenerateName(d.Command)
 	}
-	if len(d.Name) > MaxNameLength {
-		return invalidf("-name %q is %d characters long, at most %d are allowed", d.Name, len(d.Name), MaxNameLength)
-	}
-	if !nameRE.MatchString(d.Name) {
-		return invalidf("-name %q must start with a letter or digit and contain only letters, digits, '.', '_' and '-'", d.Name)
+	if err := CheckName(d.Name); err != nil {
+		return err
 	}
 
 	if d.Prefix == "" {
@@ -262,6 +261,19 @@ func (d *Declaration) finishCommand() error {
 		if strings.IndexByte(c, 0) >= 0 {
 			return invalidf("command %q contains a NUL byte", c)
 		}
+	}
+	return nil
+}
+
+// CheckName reports whether name can name an action: in the state file,
+// as `exec NAME` and inside the default lock prefix. The error wraps
+// ErrInvalidDeclaration.
+func CheckName(name string) error {
+	if len(name) > MaxNameLength {
+		return invalidf("-name %q is %d characters long, at most %d are allowed", name, len(name), MaxNameLength)
+	}
+	if !nameRE.MatchString(name) {
+		return invalidf("-name %q must start with a letter or digit and contain only letters, digits, '.', '_' and '-'", name)
 	}
 	return nil
 }
@@ -340,7 +352,8 @@ func (d Declaration) Equal(o Declaration) bool {
 		d.Shell == o.Shell &&
 		d.CommandTimeout == o.CommandTimeout &&
 		d.MaxAttempts == o.MaxAttempts &&
-		d.Policy == o.Policy
+		d.Policy == o.Policy &&
+		d.PassToken == o.PassToken
 }
 
 // invalidf builds a declaration error. Messages end up in a one-line log

@@ -30,13 +30,13 @@ func fill(t *testing.T, s *Store, n int) {
 // an unchanged register reads only what it needs.
 func TestStateStaysBoundedAndRegisterCheap(t *testing.T) {
 	s := openTemp(t)
-	fill(t, s, 1000)
 	huge := strings.Repeat("n", 128<<10)
 	for i := range 40 {
 		if err := s.RecordError(fmt.Sprintf("%d-%s", i, huge), strings.Repeat("bad value ", 13<<10), time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
+	fill(t, s, 1000)
 	fi := statState(t, s)
 	if fi.Size() > 1<<20 {
 		t.Fatalf("state.json is %d bytes with 1,000 actions and 40 huge rejections", fi.Size())
@@ -71,7 +71,7 @@ func TestStateStaysBoundedAndRegisterCheap(t *testing.T) {
 		t.Fatal("an unchanged register rewrote the state file")
 	}
 	// Generous for a loaded 2-core machine: this took 0.6 s before.
-	if worst > 200*time.Millisecond {
+	if worst > 200*time.Millisecond && !raceDetector {
 		t.Fatalf("an unchanged register of 1,000 actions took %s", worst)
 	}
 	t.Logf("unchanged register with 1,000 actions: at worst %s", worst)
@@ -177,5 +177,38 @@ func TestForget(t *testing.T) {
 	}
 	if len(st.Actions) != 0 || len(st.Errors) != 0 {
 		t.Fatalf("left after Forget: %v %v", st.Actions, st.Errors)
+	}
+}
+
+// The skim a Store keeps between register's two looks is dropped as soon
+// as another process writes the state.
+func TestSkimFollowsOtherWriters(t *testing.T) {
+	a := openTemp(t)
+	if _, err := a.Register(decl(t, "x", "true"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Register(decl(t, "x", "true"), time.Now()); err != nil { // skimmed now
+		t.Fatal(err)
+	}
+	if n, err := a.QueueLen(); err != nil || n != 0 {
+		t.Fatalf("QueueLen = %d, %v; want 0", n, err)
+	}
+	b, err := Open(a.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Update(func(st *State) error { _, err := st.Enqueue(nil, time.Now()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := a.QueueLen(); err != nil || n != 1 {
+		t.Fatalf("after another writer queued x: QueueLen = %d, %v; want 1", n, err)
+	}
+	// x is no longer pending: registering it again is a change.
+	if _, err := a.Register(decl(t, "x", "true"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := b.Load(); !st.Actions["x"].Pending {
+		t.Fatal("a stale skim made register skip marking x pending")
 	}
 }

@@ -21,7 +21,7 @@ const maxSymlinks = 40
 // passes through (see Open). With create, missing components are made
 // (mode 0700). It returns the descriptor of the last component.
 func walkDir(abs string, create bool) (int, error) {
-	fd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open("/", searchFlag|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("state directory %s: opening /: %w", abs, err)
 	}
@@ -43,7 +43,7 @@ func walkDir(abs string, create bool) (int, error) {
 			rest = append(splitPath(target), rest...)
 			if path.IsAbs(target) {
 				unix.Close(fd)
-				if fd, err = unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+				if fd, err = unix.Open("/", searchFlag|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
 					return -1, fmt.Errorf("state directory %s: opening /: %w", abs, err)
 				}
 				w.at = "/"
@@ -77,7 +77,12 @@ func (w *walker) step(fd int, name string, last, create bool) (next int, target 
 	if parent.Uid != 0 && int64(parent.Uid) != int64(w.euid) {
 		return -1, "", fmt.Errorf("%w %s: its parent %s is owned by uid %d, neither root nor us (uid %d), who could swap it", ErrUnsafeStateDir, w.target, w.at, parent.Uid, w.euid)
 	}
-	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	// The state directory itself is opened for reading: it is listed and
+	// synced. Those above it need only be searched.
+	flags := unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC | searchFlag
+	if last {
+		flags = unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_RDONLY
+	}
 	next, err = unix.Openat(fd, name, flags, 0)
 	if errors.Is(err, unix.ENOENT) && create {
 		if err := unix.Mkdirat(fd, name, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
@@ -120,8 +125,8 @@ func (w *walker) step(fd int, name string, last, create bool) (next int, target 
 
 // checkEntry refuses an entry that someone else could replace: one in a
 // directory that its group or others can write to, unless that directory
-// is sticky and the entry is ours, which only we (and root) may then
-// rename or remove.
+// is sticky and the entry is ours or root's, which then only its owner (and
+// root) may rename or remove.
 func (w *walker) checkEntry(parent, entry *unix.Stat_t, name string) error {
 	perm := parent.Mode & 0o7777
 	if perm&0o022 == 0 {
@@ -130,8 +135,8 @@ func (w *walker) checkEntry(parent, entry *unix.Stat_t, name string) error {
 	if perm&unix.S_ISVTX == 0 {
 		return fmt.Errorf("%w %s: its parent %s is writable by its group or by others (mode %#o), who could swap it; chmod go-w it or choose another place", ErrUnsafeStateDir, w.target, w.at, perm)
 	}
-	if int64(entry.Uid) != int64(w.euid) {
-		return fmt.Errorf("%w %s: %s is in the shared directory %s but owned by uid %d, not by us (uid %d)", ErrUnsafeStateDir, w.target, path.Join(w.at, name), w.at, entry.Uid, w.euid)
+	if entry.Uid != 0 && int64(entry.Uid) != int64(w.euid) {
+		return fmt.Errorf("%w %s: %s is in the shared directory %s but owned by uid %d, neither root nor us (uid %d)", ErrUnsafeStateDir, w.target, path.Join(w.at, name), w.at, entry.Uid, w.euid)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -90,6 +91,12 @@ type Store struct {
 	dir string   // the path it was opened by, for messages and for the worker
 	d   *os.File // the directory itself
 	fd  int      // d's descriptor, for the *at calls
+
+	// skimmed is the last stateSkim read and the identity of the file it
+	// came from, so that register's two looks at the state cost one read.
+	mu        sync.Mutex
+	skimmed   *stateSkim
+	skimmedID fileID
 }
 
 // Open opens the state directory dir, creating it and any missing parent
@@ -100,8 +107,9 @@ type Store struct {
 //     write to;
 //   - a path through a directory owned by neither root nor us, or that its
 //     group or others can write to, unless that directory is sticky (like
-//     /tmp) and the entry we go through in it is ours. Otherwise someone else
-//     could swap the state directory, or a directory above it, for theirs.
+//     /tmp) and the entry we go through in it is ours or root's. Otherwise
+//     someone else could swap the state directory, or a directory above
+//     it, for theirs.
 //
 // Symlinks above the state directory are followed only where they pass the
 // same rules.
@@ -118,6 +126,9 @@ func open(dir string, create bool) (*Store, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("state directory %q: %w", dir, err)
+	}
+	if abs == "/" {
+		return nil, fmt.Errorf("state directory: / is no place for one")
 	}
 	fd, err := walkDir(abs, create)
 	if err != nil {
@@ -231,12 +242,16 @@ func (s *Store) Register(d plugin.Declaration, now time.Time) (changed bool, err
 		return false, err
 	}
 	defer unlock()
-	data, err := s.readBytes()
+	sk, err := s.skimFile()
 	if err != nil {
 		return false, err
 	}
-	if alreadyRegistered(data, d) {
+	if sk != nil && sk.registered(d) {
 		return false, nil
+	}
+	data, err := s.readBytes()
+	if err != nil {
+		return false, err
 	}
 	err = s.updateLocked(data, func(st *State) error {
 		a := st.Actions[d.Name]
@@ -273,6 +288,8 @@ type stateSkim struct {
 	Errors  map[string]DeclError  `json:"errors"`
 }
 
+// actionSkim holds what alreadyRegistered and QueueLen read of an Action;
+// QueueLen's count must stay Action.Queued's rule.
 type actionSkim struct {
 	Declaration json.RawMessage `json:"declaration"`
 	Pending     bool            `json:"pending"`
@@ -289,13 +306,56 @@ func skim(data []byte) (sk stateSkim, ok bool) {
 	return sk, true
 }
 
-// alreadyRegistered reports whether registering d would change nothing:
-// the same declaration, already pending, with no error to clear.
-func alreadyRegistered(data []byte, d plugin.Declaration) bool {
+// fileID tells one version of the state file from another: it is only
+// ever replaced whole, by rename, so a new version is a new inode, and a
+// reused inode number comes with new times.
+type fileID struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime unix.Timespec
+}
+
+// skimFile returns the stateSkim of the state file, read again only when
+// the file changed since the last one; nil when there is no file or it is
+// one for the full decoder. The caller holds the directory lock.
+func (s *Store) skimFile() (*stateSkim, error) {
+	f, err := s.OpenFile(stateFileName, os.O_RDONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading state file: %w", err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("reading state file: %w", err)
+	}
+	id := fileID{dev: uint64(st.Dev), ino: uint64(st.Ino), size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
+	s.mu.Lock()
+	cached := s.skimmed
+	hit := cached != nil && s.skimmedID == id
+	s.mu.Unlock()
+	if hit {
+		return cached, nil
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("reading state file: %w", err)
+	}
 	sk, ok := skim(data)
 	if !ok {
-		return false
+		return nil, nil
 	}
+	s.mu.Lock()
+	s.skimmed, s.skimmedID = &sk, id
+	s.mu.Unlock()
+	return &sk, nil
+}
+
+// registered reports whether registering d would change nothing: the same
+// declaration, already pending, with no error to clear.
+func (sk *stateSkim) registered(d plugin.Declaration) bool {
 	a, ok := sk.Actions[d.Name]
 	if !ok || !a.Pending {
 		return false
@@ -318,13 +378,12 @@ func (s *Store) QueueLen() (int, error) {
 		return 0, err
 	}
 	defer unlock()
-	data, err := s.readBytes()
+	sk, err := s.skimFile()
 	if err != nil {
 		return 0, err
 	}
-	sk, ok := skim(data)
-	if !ok {
-		st, err := s.decode(data) // reports what is wrong
+	if sk == nil { // no file, or one the full decoder reports on
+		st, err := s.read()
 		if err != nil {
 			return 0, err
 		}
@@ -332,7 +391,7 @@ func (s *Store) QueueLen() (int, error) {
 	}
 	n := 0
 	for _, a := range sk.Actions {
-		if a.Seq > a.Done {
+		if (&Action{Seq: a.Seq, Done: a.Done}).Queued() {
 			n++
 		}
 	}
@@ -361,23 +420,34 @@ const (
 // when the message was first recorded: the same rejection repeated on
 // every render writes nothing, unless exec has reported it since.
 func (s *Store) RecordError(name, message string, now time.Time) error {
+	_, err := s.RecordRejection(name, message, now)
+	return err
+}
+
+// RecordRejection is RecordError, also reporting whether the rejection is
+// news: not recorded before with this message, or reported since. Callers
+// log it once, not on every render pass.
+func (s *Store) RecordRejection(name, message string, now time.Time) (news bool, err error) {
 	name = truncate(strings.ToValidUTF8(name, "\uFFFD"), plugin.MaxNameLength)
 	// JSON would replace invalid UTF-8 on the way to disk, and the entry
 	// would never compare equal to its own repeat.
 	message = truncate(strings.ToValidUTF8(plugin.OneLine(message), "\uFFFD"), maxRejectionMessage)
-	return s.Update(func(st *State) error {
+	err = s.Update(func(st *State) error {
 		if a := st.Actions[name]; a != nil {
 			a.Pending = true
 		}
 		if old, ok := st.Errors[name]; ok && old.Message == message {
+			news = old.Reported
 			old.Reported = false
 			st.Errors[name] = old
 			return nil
 		}
+		news = true
 		st.Errors[name] = DeclError{Message: message, At: now}
 		pruneRejections(st.Errors, MaxRejections)
 		return nil
 	})
+	return news, err
 }
 
 // ReportRejections returns the rejected declarations, by name, and marks

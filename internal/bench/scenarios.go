@@ -94,7 +94,7 @@ func (b *bench) benchRegister(res *Results) error {
 			Note: fmt.Sprintf("%.1f× no-op", sr),
 		})
 	}
-	return nil
+	return b.benchRegisterCrowded(res)
 }
 
 // benchExec times `exec` while the benchmark holds the action's lock, both
