@@ -503,6 +503,8 @@ func TestSubcommandBadInput(t *testing.T) {
 		want string
 	}{
 		{"worker argument", []string{"worker", "now"}, lockexec.ExitUsage, `unexpected argument "now"`},
+		{"worker no tracks", []string{"worker", "-max-parallel=0"}, lockexec.ExitUsage, "-max-parallel must be at least 1, got 0"},
+		{"worker negative grace", []string{"worker", "-stop-grace=-1s"}, lockexec.ExitUsage, "-stop-grace must not be negative, got -1s"},
 		{"status two names", []string{"status", "-state-dir=" + t.TempDir(), "a", "b"}, lockexec.ExitUsage, `unexpected argument "b"`},
 		{"status unknown name", []string{"status", "-state-dir=" + t.TempDir(), "nginx"}, ExitError, `no action nginx is declared in`},
 		{"status symlinked dir", []string{"status", "-state-dir=" + symlinked}, ExitError, "a symbolic link"},
@@ -569,5 +571,44 @@ func TestEditDistance(t *testing.T) {
 		if got := editDistance(tc.a, tc.b); got != tc.want {
 			t.Errorf("editDistance(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
 		}
+	}
+}
+
+// Consul settings that make no client, such as a CA file that cannot be
+// read, are a configuration error: exit 78 naming the file, no usage hint,
+// and a worker records why it could not start for status.
+func TestBadCAFileIsAConfigError(t *testing.T) {
+	t.Setenv("CONSUL_CACERT", "/nonexistent/ca.pem")
+	dir := filepath.Join(t.TempDir(), "state")
+	for _, args := range [][]string{
+		{"run", "-http-addr=127.0.0.1:1", "true"},
+		{"worker", "-state-dir=" + dir},
+	} {
+		_, stderr, code := runCLI(args...)
+		if code != lockexec.ExitConfig || !strings.Contains(stderr, "/nonexistent/ca.pem") || strings.Contains(stderr, "-h' for usage") {
+			t.Errorf("%v: exit %d stderr %q, want %d naming the CA file and no usage hint", args, code, stderr, lockexec.ExitConfig)
+		}
+	}
+	stdout, stderr, code := runCLI("status", "-state-dir="+dir, "-json")
+	if code != 0 || !strings.Contains(stdout, `"worker_failure"`) || !strings.Contains(stdout, "/nonexistent/ca.pem") {
+		t.Fatalf("status -json: exit %d stderr %q, want the worker's failure:\n%s", code, stderr, stdout)
+	}
+}
+
+// A worker that cannot open its log records why for status.
+func TestWorkerWithoutItsLogSaysWhy(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if _, _, code := runCLI("register", "-state-dir="+dir, "-name=x", "true"); code != 0 {
+		t.Fatal("register failed")
+	}
+	if err := os.Mkdir(filepath.Join(dir, WorkerLogFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := runCLI("worker", "-state-dir="+dir); code != ExitError || !strings.Contains(stderr, "opening the log") {
+		t.Fatalf("worker: exit %d stderr %q, want %d and the log named", code, stderr, ExitError)
+	}
+	stdout, _, code := runCLI("status", "-state-dir="+dir, "-json")
+	if code != 0 || !strings.Contains(stdout, `"worker_failure"`) || !strings.Contains(stdout, "opening the log") {
+		t.Fatalf("status -json (exit %d) does not show why the worker failed:\n%s", code, stdout)
 	}
 }

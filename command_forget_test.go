@@ -74,11 +74,11 @@ func TestForgetCommand(t *testing.T) {
 func TestRejectionsAreRepeatedWhereOperatorsLook(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	sd := "-state-dir=" + dir
-	if _, stderr, code := runCLI("register", sd, `{"name":"app","command":"true"}`); code != 0 {
+	if _, stderr, code := runCLI("register", sd, "-allow-data-commands", `{"name":"app","command":"true"}`); code != 0 {
 		t.Fatalf("register: %d %s", code, stderr)
 	}
 	for range 3 { // consul-template calls a plugin several times per render
-		if _, stderr, code := runCLI("register", sd, `{"name":"app","command":"true","n":0}`); code != 0 {
+		if _, stderr, code := runCLI("register", sd, "-allow-data-commands", `{"name":"app","command":"true","n":0}`); code != 0 {
 			t.Fatalf("register bad data: %d %s", code, stderr)
 		}
 	}
@@ -97,7 +97,7 @@ func TestRejectionsAreRepeatedWhereOperatorsLook(t *testing.T) {
 	}
 
 	// A good declaration of that name clears it.
-	if _, stderr, code := runCLI("register", sd, `{"name":"app","command":"true"}`); code != 0 {
+	if _, stderr, code := runCLI("register", sd, "-allow-data-commands", `{"name":"app","command":"true"}`); code != 0 {
 		t.Fatalf("register: %d %s", code, stderr)
 	}
 	if stdout, _, _ := runCLI("status", sd, "-http-addr=127.0.0.1:1"); strings.Contains(stdout, "Rejected") {

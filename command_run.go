@@ -51,7 +51,9 @@ func (c *CLI) runCommand(args []string) int {
 	}
 	client, err := cf.client()
 	if err != nil {
-		return c.usageError(cmd, err)
+		// Settings that make no client (a CA file that cannot be read) are
+		// configuration, not usage: no -h hint would help.
+		return c.errorf(cmd, lockexec.ExitConfig, "%v", err)
 	}
 	log := newLogger(cmd, *verbose, c.stderr)
 

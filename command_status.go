@@ -73,6 +73,8 @@ type Status struct {
 	ConsulError string                     `json:"consul_error,omitempty"`
 	Actions     []ActionStatus             `json:"actions"`
 	Rejected    map[string]state.DeclError `json:"rejected,omitempty"`
+	// WorkerFailure is why the last worker could not start, if it could not.
+	WorkerFailure *state.WorkerFailure `json:"worker_failure,omitempty"`
 }
 
 // statusCommand is `ct-supervise status`.
@@ -136,7 +138,7 @@ func (c *CLI) readStatus(cmd, stateDir, only string, cf *consulFlags) (Status, i
 	if err != nil {
 		return Status{}, c.errorf(cmd, ExitError, "%v", err)
 	}
-	status := Status{StateDir: store.Dir(), WorkerPID: pid, Rejected: st.Errors, Actions: []ActionStatus{}}
+	status := Status{StateDir: store.Dir(), WorkerPID: pid, Rejected: st.Errors, Actions: []ActionStatus{}, WorkerFailure: st.WorkerFailure}
 
 	names := make([]string, 0, len(st.Actions))
 	for n := range st.Actions {
@@ -266,10 +268,13 @@ func (c *CLI) printStatus(s Status) {
 	} else {
 		fmt.Fprintf(w, "State directory:\t%s\n", s.StateDir)
 	}
-	switch s.WorkerPID {
-	case 0:
+	switch {
+	case s.WorkerPID == 0 && s.WorkerFailure != nil:
+		f := s.WorkerFailure
+		fmt.Fprintf(w, "Worker:\tnot running; failed to start at %s: %s\n", f.At.Format(time.RFC3339), printable(f.Message))
+	case s.WorkerPID == 0:
 		fmt.Fprintf(w, "Worker:\tnot running\n")
-	case -1:
+	case s.WorkerPID == -1:
 		fmt.Fprintf(w, "Worker:\tstarting\n")
 	default:
 		fmt.Fprintf(w, "Worker:\trunning (pid %d)\n", s.WorkerPID)

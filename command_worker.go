@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/hashicorp/go-hclog"
+
 	"ct-supervise/lockexec"
 	"ct-supervise/state"
 	"ct-supervise/worker"
@@ -148,7 +150,7 @@ func (c *CLI) workerCommand(args []string) int {
 		return pid == os.Getpid()
 	})
 	if err != nil {
-		return c.errorf(cmd, ExitError, "opening the log: %v", err)
+		return c.workerStartFailed(store, nil, fmt.Errorf("opening the log: %w", err))
 	}
 	defer logFile.Close()
 	var out io.Writer = logFile
@@ -159,16 +161,7 @@ func (c *CLI) workerCommand(args []string) int {
 
 	runner, err := worker.NewConsulRunner(store)
 	if err != nil {
-		// A detached worker has no one to tell but its log and status.
-		log.Error("worker cannot start", "error", err)
-		code := ExitError
-		if errors.Is(err, worker.ErrConsulConfig) {
-			code = lockexec.ExitConfig
-		}
-		if rerr := worker.RecordStartFailure(store, err, code); rerr != nil {
-			log.Error("could not record the failure for status", "error", rerr)
-		}
-		return c.errorf(cmd, code, "%v", err)
+		return c.workerStartFailed(store, log, err)
 	}
 	log.Debug("Consul connection settings", "from", runner.Source())
 	stopGraceOpt := *stopGrace
@@ -211,4 +204,22 @@ func appendWorkerLog(store *state.Store, cmd, msg string, args ...any) {
 	}
 	defer f.Close()
 	newLogger(cmd, false, f).Warn(msg, args...)
+}
+
+// workerStartFailed reports a worker that cannot start where a detached
+// one can be heard: its log (when log is not nil) and the state, which
+// status shows and which keeps exec and register from starting another
+// at once. Bad Consul settings exit ExitConfig.
+func (c *CLI) workerStartFailed(store *state.Store, log hclog.Logger, err error) int {
+	code := ExitError
+	if errors.Is(err, worker.ErrConsulConfig) {
+		code = lockexec.ExitConfig
+	}
+	if log != nil {
+		log.Error("worker cannot start", "error", err)
+	}
+	if rerr := worker.RecordStartFailure(store, err, code); rerr != nil && log != nil {
+		log.Error("could not record the failure for status", "error", rerr)
+	}
+	return c.errorf("worker", code, "%v", err)
 }

@@ -29,6 +29,12 @@ const (
 	// gate cannot use it as it uses an interval; -health-settle overrides.
 	DefaultTTLSettle = 30 * time.Second
 
+	// minLateRun is the least slack added to a check's interval for a
+	// run that comes late (a loaded agent, a check slow to answer): half
+	// the interval, and at least this. Without it a result older than the
+	// command could still read as passing when the interval is up.
+	minLateRun = time.Second
+
 	// maxBlockingWait bounds one blocking query, so that a connection that
 	// died silently is noticed within this time.
 	maxBlockingWait = 30 * time.Second
@@ -64,8 +70,9 @@ type Options struct {
 	Since time.Time
 
 	// Settle overrides how long every check must have stayed passing.
-	// Zero uses each check's own interval (DefaultTTLSettle for a TTL
-	// check, nothing for a check without an interval, such as serfHealth).
+	// Zero uses each check's own interval plus half of it (at least 1s)
+	// for a run that comes late; DefaultTTLSettle for a TTL check;
+	// nothing for a check without an interval, such as serfHealth.
 	Settle time.Duration
 
 	// Timeout bounds the wait. Zero means DefaultTimeout.
@@ -327,7 +334,7 @@ func (g *gate) settle(c check) time.Duration {
 		return DefaultTTLSettle
 	}
 	if d, err := time.ParseDuration(c.Interval); err == nil && d > 0 {
-		return d
+		return d + max(d/2, minLateRun)
 	}
 	return 0
 }

@@ -29,17 +29,17 @@ func TestSettleRule(t *testing.T) {
 		settle time.Duration
 		steps  []step
 	}{
-		{"passing from the start settles one interval after the command", 0, []step{
-			{0.1, "passing", false, 2},
-			{1.9, "passing", false, 2},
-			{2.0, "passing", true, 0},
+		{"passing from the start settles an interval and a half after the command", 0, []step{
+			{0.1, "passing", false, 3},
+			{2.9, "passing", false, 3},
+			{3.0, "passing", true, 0},
 		}},
 		{"a failure restarts the clock when it passes again", 0, []step{
-			{0.1, "passing", false, 2},
+			{0.1, "passing", false, 3},
 			{1.0, "critical", false, 0},
-			{3.0, "passing", false, 5},
-			{4.9, "passing", false, 5},
-			{5.0, "passing", true, 0},
+			{3.0, "passing", false, 6},
+			{5.9, "passing", false, 6},
+			{6.0, "passing", true, 0},
 		}},
 		{"warning is not passing", 0, []step{
 			{0.1, "warning", false, 0},
@@ -76,7 +76,8 @@ func TestSettleDefaults(t *testing.T) {
 		c    check
 		want time.Duration
 	}{
-		{check{Type: "http", Interval: "3s"}, 3 * time.Second},
+		{check{Type: "http", Interval: "3s"}, 4500 * time.Millisecond},
+		{check{Type: "http", Interval: "1s"}, 2 * time.Second},
 		{check{Type: "ttl"}, DefaultTTLSettle},
 		{check{CheckID: "serfHealth"}, 0},
 		{check{Type: "tcp", Interval: "bogus"}, 0},

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"ct-supervise/internal/cluster"
+	"ct-supervise/internal/shell"
 )
 
 // This file is the fault-suite harness: a real cluster (internal/cluster)
@@ -179,9 +180,9 @@ func (a *faultAction) command(d time.Duration, seen string) string {
 	// exec: the script itself is the command's process, so its trap runs
 	// before ct-supervise, seeing the command exit, kills what is left of
 	// its process group.
-	cmd := fmt.Sprintf("exec sh %s %s %s %d", shellQuote(a.script), shellQuote(a.ledger), shellQuote(a.pids), d.Milliseconds())
+	cmd := fmt.Sprintf("exec sh %s %s %s %d", shell.Quote(a.script), shell.Quote(a.ledger), shell.Quote(a.pids), d.Milliseconds())
 	if seen != "" {
-		cmd += " " + shellQuote(seen)
+		cmd += " " + shell.Quote(seen)
 	}
 	return cmd
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"ct-supervise/internal/overlap"
+	"ct-supervise/internal/shell"
 	"ct-supervise/worker"
 )
 
@@ -335,14 +336,9 @@ echo "$CT_SUPERVISE_NODE end $(date +%s%N)" >> "$1"
 		t.Fatal(err)
 	}
 	return action{
-		command: fmt.Sprintf("sh %s %s %s", shellQuote(script), shellQuote(ledger), seconds),
+		command: fmt.Sprintf("sh %s %s %s", shell.Quote(script), shell.Quote(ledger), seconds),
 		ledger:  ledger,
 	}
-}
-
-// shellQuote quotes s for /bin/sh.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // ledgerRun is one run of the action as the ledger recorded it.
@@ -354,9 +350,9 @@ type ledgerRun struct {
 
 // parseLedger pairs the start and end lines of each node into runs, in the
 // order they started. It rejects malformed lines, an end without a start,
-// and a node starting a run while its previous one is still going: one
-// worker per state directory runs one action at a time, so that would be a
-// bug in itself.
+// and a node starting a run while its previous one is still going: the
+// ledger records one action, which a node never runs twice at once, so that
+// would be a bug in itself.
 func parseLedger(ls []string) ([]ledgerRun, error) {
 	var runs []ledgerRun
 	open := map[string]int{} // node -> index of its unfinished run

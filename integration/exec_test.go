@@ -148,45 +148,6 @@ func TestExecCoalescesRequestsDuringRun(t *testing.T) {
 	}
 }
 
-func TestWorkerKilledMidActionRunsItAgain(t *testing.T) {
-	if testing.Short() {
-		t.Skip("waits for a session TTL")
-	}
-	n := newNode(t, "node1")
-	n.logOnFailure()
-	ledger := filepath.Join(t.TempDir(), "ledger")
-	n.mustRun("register", "-name=killed", fmt.Sprintf("echo start >> %s; sleep 3; echo end >> %s", ledger, ledger))
-	n.mustRun("exec")
-	waitFor(t, 20*time.Second, "the action to start", func() bool { return len(lines(ledger)) == 1 })
-	pid := n.workerPID()
-	if pid <= 0 { // never kill(-1)
-		t.Fatalf("no worker pid (%d)", pid)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "the worker to die", func() bool { return n.workerPID() == 0 })
-
-	// A new exec with nothing pending still restarts the worker for the
-	// interrupted run; it completes once the dead worker's session is gone.
-	n.mustRun("exec")
-	waitFor(t, 90*time.Second, "the interrupted action to run again", func() bool {
-		starts := 0
-		for _, l := range lines(ledger) {
-			if l == "start" {
-				starts++
-			}
-		}
-		return starts == 2
-	})
-	waitFor(t, 20*time.Second, "the rerun to finish", func() bool { return n.workerPID() == 0 })
-	st := n.status()
-	a := st["actions"].([]any)[0].(map[string]any)
-	if a["state"] != "idle" || a["last"].(map[string]any)["ok"] != true {
-		t.Fatalf("after the rerun: %v", a)
-	}
-}
-
 func TestExecWithConsulDownRunsWhenItIsBack(t *testing.T) {
 	n := newNode(t, "node1")
 	n.logOnFailure()

@@ -41,6 +41,19 @@ func isPermissionDenied(err error) bool {
 	return strings.Contains(msg, "Unexpected response code: 403") || strings.Contains(msg, "Permission denied")
 }
 
+// isAgentError reports whether err is about our connection to the agent
+// rather than an answer from it.
+func isAgentError(err error) bool {
+	var netErr net.Error
+	return errors.As(err, &netErr)
+}
+
+// isTimeout reports whether the connection to the agent timed out.
+func isTimeout(err error) bool {
+	var netErr net.Error
+	return errors.As(err, &netErr) && netErr.Timeout()
+}
+
 // isUnreachable reports whether err means Consul could not be reached or
 // could not serve us at all, as opposed to refusing what we asked.
 func isUnreachable(err error) bool {
@@ -54,6 +67,29 @@ func isUnreachable(err error) bool {
 	return strings.Contains(msg, "No cluster leader") || strings.Contains(msg, "No known Consul servers")
 }
 
+// leaderTrouble are the words of Consul's answers while its servers have
+// no leader or cannot be reached from the agent: nothing was done.
+// (A refused connection in an answer is the agent's to a server.)
+var leaderTrouble = []string{"No cluster leader", "No known Consul servers", "leadership lost", "connection refused"}
+
+// isLeaderTrouble reports whether Consul turned the request away because
+// of its servers' state (or for too many requests), without acting on it.
+func isLeaderTrouble(err error) bool {
+	if isAgentError(err) {
+		return false
+	}
+	if isTooManyRequests(err) {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range leaderTrouble {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
 // isTransient reports whether err is one that Consul gives while it
 // recovers, and that a waiter should ride out with backoff: too many
 // requests (429), a server-side failure (5xx: a leader election, "No
@@ -62,22 +98,30 @@ func isUnreachable(err error) bool {
 // connection to the local agent is not: nobody is there to wait for. An
 // invalid session is not either; the renewer ends the wait then.
 func isTransient(err error) bool {
-	if isTooManyRequests(err) {
-		return true
+	if isAgentError(err) {
+		return errors.Is(err, context.DeadlineExceeded) || isTimeout(err)
 	}
 	msg := err.Error()
-	if strings.Contains(msg, "nvalid session") {
+	switch {
+	case strings.Contains(msg, "nvalid session"):
 		return false
-	}
-	if code := statusCode(err); code >= 500 {
+	case isLeaderTrouble(err), statusCode(err) >= 500, strings.Contains(msg, "Unexpected response code: 5"):
 		return true
 	}
-	for _, s := range []string{"Unexpected response code: 5", "No cluster leader", "No known Consul servers", "rpc error"} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
 	return errors.Is(err, context.DeadlineExceeded)
+}
+
+// consulError wraps err from Consul, met while doing what, in the sentinel
+// that applies: ErrPermissionDenied for a 403, ErrConsulUnreachable when
+// Consul could not serve us.
+func consulError(what string, err error) error {
+	switch {
+	case isPermissionDenied(err):
+		return fmt.Errorf("%w: %s: %v", ErrPermissionDenied, what, err)
+	case isUnreachable(err) || isTransient(err):
+		return fmt.Errorf("%w: %s: %v", ErrConsulUnreachable, what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // ClassifyConsulError wraps err, from any Consul call, with the sentinel
@@ -90,7 +134,7 @@ func ClassifyConsulError(err error) error {
 		return nil
 	case isPermissionDenied(err):
 		return fmt.Errorf("%w: %v", ErrPermissionDenied, err)
-	case isUnreachable(err), errors.Is(err, context.DeadlineExceeded):
+	case isUnreachable(err) || isTransient(err):
 		return fmt.Errorf("%w: %v", ErrConsulUnreachable, err)
 	}
 	return err

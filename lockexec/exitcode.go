@@ -19,8 +19,9 @@ const (
 	ExitInterrupted       = 130 // interrupted by a signal before the command finished
 )
 
-// ExitConfig is for configuration that cannot work, such as a CA file that
-// cannot be read (EX_CONFIG, shared with ExitLimitMismatch).
+// ExitConfig is for configuration that cannot work other than a limit
+// mismatch, such as Consul settings naming a CA file that cannot be read
+// (EX_CONFIG, the same status as ExitLimitMismatch).
 const ExitConfig = 78
 
 // ExitStatus maps the outcome of Run onto the status `ct-supervise run`

@@ -35,7 +35,12 @@ import (
 //	confirmed ... +2s renew ... +8s SIGTERM ... +13s SIGKILL ... +15s others may acquire
 //
 // A stall of the agent shorter than about 6s (8s less one renewal interval)
-// therefore costs nothing.
+// therefore costs nothing. Seen from a client agent, a leader election looks
+// like any other failure to confirm (so does a partition, where the servers
+// may well invalidate the session): one longer than that stops the command
+// too. Measured on 3 servers with Consul's default raft timing, killing the
+// leader did. A longer lock-delay buys more room, at the price of a longer
+// wait for the next holder after a holder vanished.
 const (
 	// DefaultLockDelay is Consul's lock-delay for a session that asks for
 	// none, and the period our semaphore contenders wait before reusing
@@ -45,7 +50,10 @@ const (
 	// fenceMargin is how long before the earliest moment somebody else
 	// could acquire the command must already be dead. It covers the
 	// kernel delivering SIGKILL, timers firing late on a loaded machine,
-	// and clocks that run at slightly different rates.
+	// and clocks that run at slightly different rates. (A raft leader cut
+	// off from the others steps down when its leader lease runs out, before
+	// they can elect another: a renewal it answered was answered before
+	// anybody else could invalidate the session.)
 	fenceMargin = 2 * time.Second
 
 	// fenceConfirmInterval is how often a holder renews its session, each
@@ -100,6 +108,13 @@ func (f *fence) confirm(sent time.Time) {
 	if sent.After(f.confirmed) {
 		f.confirmed = sent
 	}
+}
+
+// confirmedAt is the send time of the latest confirmation.
+func (f *fence) confirmedAt() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.confirmed
 }
 
 // stopAt is when the command must be sent SIGTERM unless a later
@@ -162,12 +177,17 @@ type renewer struct {
 	holding bool
 }
 
-// hold switches to the holding cadence, with a renewal at once: the last
-// one may be most of ttl/2 old, nearer the fence than we want.
+// hold switches to the holding cadence. If the last confirmation is older
+// than a renewal interval (the lock came in on an old read, not a fresh
+// write), it renews at once, so as not to start nearer the fence than
+// usual; otherwise it adds no request to the hand-off.
 func (r *renewer) hold() {
 	r.mu.Lock()
 	r.holding = true
 	r.mu.Unlock()
+	if time.Since(r.fence.confirmedAt()) <= fenceConfirmInterval {
+		return
+	}
 	select {
 	case r.kick <- struct{}{}:
 	default:

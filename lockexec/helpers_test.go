@@ -26,6 +26,11 @@ import (
 var agent *devconsul.Agent
 
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		// A helper process started by a test: it brings its own agent's
+		// address and needs none of ours.
+		os.Exit(m.Run())
+	}
 	a, err := devconsul.MainAgent()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "lockexec tests: starting consul: %v\n", err)
@@ -323,6 +328,18 @@ func markerScript(dir string) string {
 
 func markerPath(dir, name string) string { return filepath.Join(dir, name) }
 
+// processGone reports whether the process pid has exited. An orphan may
+// linger as a zombie if nothing reaps it; that is dead enough.
+func processGone(pid string) bool {
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return errors.Is(err, os.ErrNotExist)
+	}
+	// The state follows the parenthesised command name.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(fields) > 0 && (fields[0] == "Z" || fields[0] == "X")
+}
+
 // assertBackgroundGone checks that the background sleep of markerScript in
 // dir goes away: a stopped command must not leave anything of itself
 // running once the lock is given back. SIGKILL takes effect when the
@@ -334,16 +351,7 @@ func assertBackgroundGone(t *testing.T, dir string) {
 		t.Fatalf("reading the background pid: %v", err)
 	}
 	pid := strings.TrimSpace(string(data))
-	gone := func() bool {
-		stat, err := os.ReadFile("/proc/" + pid + "/stat")
-		if err != nil {
-			return errors.Is(err, os.ErrNotExist)
-		}
-		// An orphan may linger as a zombie if nothing reaps it; that is
-		// dead enough. The state follows the parenthesised command name.
-		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		return len(fields) > 0 && (fields[0] == "Z" || fields[0] == "X")
-	}
+	gone := func() bool { return processGone(pid) }
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		t.Skipf("cannot read /proc: %v", err)
 	}

@@ -23,7 +23,9 @@ type semaphoreLockValue struct {
 }
 
 // Holders lists who holds the lock or semaphore at prefix right now, for
-// `ct-supervise status`. An unused prefix has no holders.
+// `ct-supervise status`. An unused prefix has no holders. A failure to read
+// wraps ErrPermissionDenied (a 403) or ErrConsulUnreachable where they
+// apply.
 //
 // Every request is bounded by callTimeout within q's own context, so that a
 // frozen agent cannot hang status.
@@ -36,7 +38,7 @@ func (r *Runner) Holders(prefix string, q *api.QueryOptions) ([]Holder, error) {
 	q = q.WithContext(ctx)
 	pair, _, err := r.client.KV().Get(prefix+"/"+LockKeySuffix, q)
 	if err != nil {
-		return nil, fmt.Errorf("reading lock key: %w", err)
+		return nil, consulError(fmt.Sprintf("reading the lock key %q", prefix+"/"+LockKeySuffix), err)
 	}
 	if pair == nil {
 		return nil, nil

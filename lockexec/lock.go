@@ -308,11 +308,9 @@ func nextIndex(prev, last uint64) uint64 {
 	return last
 }
 
-// waitEnded is the error for a wait that ctx cut short. Run tells the
-// reasons apart by the cause.
 // waitRead is one read of key for a waiter: blocking past index for up to
-// wait. again reports a refusal for too many connections, already waited
-// out with bo: read afresh. A read that ctx ended returns waitEnded.
+// wait. again reports a transient failure (see isTransient), already
+// waited out with bo: read afresh. A read that ctx ended returns waitEnded.
 func waitRead(ctx context.Context, kv *api.KV, key string, index uint64, wait time.Duration, bo *backoff) (pair *api.KVPair, meta *api.QueryMeta, again bool, err error) {
 	rctx, cancel := blockingCtx(ctx, wait)
 	defer cancel()
@@ -334,6 +332,8 @@ func waitRead(ctx context.Context, kv *api.KV, key string, index uint64, wait ti
 	}
 }
 
+// waitEnded is the error for a wait that ctx cut short. Run tells the
+// reasons apart by the cause.
 func waitEnded(ctx context.Context) error {
 	return fmt.Errorf("waiting for the lock: %w", context.Cause(ctx))
 }

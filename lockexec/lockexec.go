@@ -1,6 +1,12 @@
 // Package lockexec runs one command while holding a Consul lock (limit 1) or
 // a slot of a Consul semaphore (limit > 1), the way `consul lock` does, and
 // always gives the lock back and destroys its session before returning.
+//
+// Runner.Run does it all. Runner.Acquire hands out the lock as a Lease
+// whose Context is fenced: it is cancelled when the lock is lost or can no
+// longer be confirmed in time, before anybody else could acquire (see
+// fence.go), so that any work, not only a command, can run under it.
+// Start is how every command is started, with default signal dispositions.
 package lockexec
 
 import (
@@ -47,9 +53,10 @@ var (
 	// ErrNotAcquired means the lock was not acquired within Options.Try.
 	ErrNotAcquired = errors.New("lock not acquired within the -try timeout")
 
-	// ErrLockLost means the lock was lost while the command ran; the command
-	// was terminated.
-	ErrLockLost = errors.New("lock lost while the command was running")
+	// ErrLockLost means the lock was lost, or could no longer be confirmed
+	// in time (the fence), while it was held; the command was terminated.
+	// A Lease's context is cancelled with a cause wrapping it.
+	ErrLockLost = errors.New("lock lost")
 
 	// ErrLimitMismatch means another holder uses the same prefix with a
 	// different limit (or as a lock rather than a semaphore).
@@ -141,7 +148,9 @@ type Options struct {
 	Timeout time.Duration
 
 	// KillGrace is the time between SIGTERM and SIGKILL. Zero means
-	// DefaultKillGrace.
+	// DefaultKillGrace. When the lock is lost it is cut short, to at most
+	// DefaultKillGrace, so that the command is dead before anybody else
+	// could acquire (see fence.go).
 	KillGrace time.Duration
 
 	// Signals, if not nil, delivers signals received by the caller. While the

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"ct-supervise/internal/shell"
 )
 
 // Consul refuses session TTLs outside this range; checking here turns an
@@ -155,19 +157,12 @@ func (o *Options) argv() []string {
 	case o.Shell:
 		quoted := make([]string, len(o.Command))
 		for i, c := range o.Command {
-			quoted[i] = shellQuote(c)
+			quoted[i] = shell.Quote(c)
 		}
 		return []string{"/bin/sh", "-c", strings.Join(quoted, " ")}
 	default:
 		return o.Command
 	}
-}
-
-// shellQuote quotes s as one word for /bin/sh: inside single quotes
-// nothing is special but the single quote itself, which closes the quoted
-// part, adds an escaped quote and opens a new one.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // lockKey is the key a lock holds and a semaphore keeps its state in.

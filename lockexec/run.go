@@ -92,9 +92,9 @@ func (r *Runner) acquire(ctx context.Context, opts Options, res *Result) (*Lease
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%w before start: %v", ErrInterrupted, err)
 	}
-	rn := &run{client: r.client, opts: opts.withDefaults()}
+	rn := &run{client: r.client, opts: opts.withDefaults(), begun: time.Now()}
 	rn.log = rn.opts.Logger
-	if err := rn.createSession(); err != nil {
+	if err := rn.createSession(ctx); err != nil {
 		return nil, err
 	}
 	res.Session = rn.session
@@ -123,6 +123,7 @@ type run struct {
 	client *api.Client
 	opts   Options
 	log    hclog.Logger
+	begun  time.Time // -try counts from here
 
 	session   string
 	fence     *fence
@@ -146,7 +147,7 @@ type run struct {
 // it. We create it ourselves rather than letting the api do it so that we
 // choose its name, TTL and lock-delay, know its ID for Result, and destroy
 // it synchronously when done.
-func (rn *run) createSession() error {
+func (rn *run) createSession(ctx context.Context) error {
 	o := &rn.opts
 	behavior := api.SessionBehaviorRelease
 	if o.Limit > 1 {
@@ -160,27 +161,78 @@ func (rn *run) createSession() error {
 		LockDelay: o.LockDelay,
 		Behavior:  behavior,
 	}
-	// Not bound to the caller's ctx: cancelled in flight, the request could
-	// leave a session behind whose ID we never learnt. It is one short
-	// request, bounded by callTimeout, and acquire looks at ctx straight
-	// after.
-	cctx, cancel := callCtx(context.Background())
-	defer cancel()
-	id, _, err := rn.client.Session().Create(entry, (&api.WriteOptions{}).WithContext(cctx))
+	id, err := rn.createSessionRetrying(ctx, entry)
 	if err != nil {
-		switch {
-		case isPermissionDenied(err):
-			return fmt.Errorf("%w: creating session %q: %v", ErrPermissionDenied, o.SessionName, err)
-		case isUnreachable(err):
-			return fmt.Errorf("%w: creating session: %v", ErrConsulUnreachable, err)
-		default:
-			return fmt.Errorf("creating session: %w", err)
-		}
+		return err
 	}
 	rn.session = id
 	rn.log.Debug("session created", "session", id, "name", o.SessionName, "ttl", o.SessionTTL, "behavior", behavior)
 	rn.startRenewing()
 	return nil
+}
+
+// createSessionRetrying creates the session, riding out a leader election
+// or too many requests with backoff within -try, as the wait does. Only
+// answers that say no session was made are retried: a request that timed
+// out may have created one whose ID we never learnt.
+func (rn *run) createSessionRetrying(ctx context.Context, entry *api.SessionEntry) (string, error) {
+	o := &rn.opts
+	bo := newBackoff()
+	for {
+		// Not bound to the caller's ctx: cancelled in flight, the request
+		// could leave a session behind whose ID we never learnt. It is one
+		// short request, bounded by callTimeout.
+		cctx, cancel := callCtx(context.Background())
+		id, _, err := rn.client.Session().Create(entry, (&api.WriteOptions{}).WithContext(cctx))
+		cancel()
+		switch {
+		case err == nil:
+			return id, nil
+		case isPermissionDenied(err):
+			return "", fmt.Errorf("%w: creating session %q: %v", ErrPermissionDenied, o.SessionName, err)
+		case isLeaderTrouble(err) && !rn.tryExpired(bo.next):
+			rn.log.Debug("creating the session failed; retrying", "error", err)
+			if werr := rn.pause(ctx, bo); werr != nil {
+				return "", werr
+			}
+		case isUnreachable(err) || isTransient(err):
+			return "", fmt.Errorf("%w: creating session: %v", ErrConsulUnreachable, err)
+		default:
+			return "", fmt.Errorf("creating session: %w", err)
+		}
+	}
+}
+
+// tryExpired reports whether -try, counted from the start, would be over
+// after d more.
+func (rn *run) tryExpired(d time.Duration) bool {
+	return rn.opts.Try > 0 && time.Since(rn.begun)+d >= rn.opts.Try
+}
+
+// pause waits out bo, returning ErrInterrupted if ctx is done or a stop
+// signal arrives first.
+func (rn *run) pause(ctx context.Context, bo *backoff) error {
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	waited := make(chan error, 1)
+	go func() { waited <- bo.wait(wctx) }()
+	signals := rn.opts.Signals
+	for {
+		select {
+		case err := <-waited:
+			if err != nil {
+				return fmt.Errorf("%w before waiting for the lock: %v", ErrInterrupted, ctx.Err())
+			}
+			return nil
+		case sig, ok := <-signals:
+			switch {
+			case !ok:
+				signals = nil
+			case isStopSignal(sig):
+				return fmt.Errorf("%w before waiting for the lock: received %s", ErrInterrupted, sig)
+			}
+		}
+	}
 }
 
 // startRenewing starts the renewer. It is stopped by cancelling its
@@ -232,7 +284,7 @@ func (rn *run) acquire(ctx context.Context) error {
 	acquireCtx := waitCtx
 	if rn.opts.Try > 0 {
 		var cancel context.CancelFunc
-		acquireCtx, cancel = context.WithTimeoutCause(waitCtx, rn.opts.Try, errTryExpired)
+		acquireCtx, cancel = context.WithDeadlineCause(waitCtx, rn.begun.Add(rn.opts.Try), errTryExpired)
 		defer cancel()
 	}
 	results := make(chan acquireResult, 1)

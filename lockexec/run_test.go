@@ -162,22 +162,48 @@ func TestRunSessionSettings(t *testing.T) {
 	}
 }
 
-func TestRunCommandNotFound(t *testing.T) {
+// TestRunCommandCannotStart checks that a command that cannot be started
+// gives the statuses a shell gives, and that the lock is given back.
+func TestRunCommandCannotStart(t *testing.T) {
 	t.Parallel()
 	client := testClient(t)
-	prefix := uniquePrefix(t)
-	res, err := lockexec.New(client).Run(context.Background(), lockexec.Options{
-		Prefix:  prefix,
-		Command: []string{"/nonexistent/ct-supervise-test-command"},
-		Logger:  testLogger(t),
-	})
-	if err == nil {
-		t.Fatal("Run succeeded with a missing command")
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "not-executable")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	if res.Started || res.ExitCode != -1 {
-		t.Errorf("Started=%v ExitCode=%d, want false, -1", res.Started, res.ExitCode)
+	cases := []struct {
+		name    string
+		command string
+		wantErr error
+		code    int
+	}{
+		{"missing path", "/nonexistent/ct-supervise-test-command", lockexec.ErrCommandNotFound, 127},
+		{"not on PATH", "ct-supervise-test-no-such-command", lockexec.ErrCommandNotFound, 127},
+		{"not executable", notExec, lockexec.ErrCommandNotExecutable, 126},
+		{"a directory", dir, lockexec.ErrCommandNotExecutable, 126},
 	}
-	assertClean(t, client, prefix)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			prefix := uniquePrefix(t)
+			res, err := lockexec.New(client).Run(context.Background(), lockexec.Options{
+				Prefix:  prefix,
+				Command: []string{tc.command},
+				Logger:  testLogger(t),
+			})
+			if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), tc.command) {
+				t.Fatalf("Run: %v, want %v naming %s", err, tc.wantErr, tc.command)
+			}
+			if code := lockexec.ExitStatus(res, err); code != tc.code {
+				t.Errorf("ExitStatus = %d, want %d", code, tc.code)
+			}
+			if res.Started || res.ExitCode != -1 {
+				t.Errorf("Started=%v ExitCode=%d, want false, -1", res.Started, res.ExitCode)
+			}
+			assertClean(t, client, prefix)
+		})
+	}
 }
 
 // TestRunHoldersNeverExceedLimit is the invariant the tool exists for: many

@@ -329,7 +329,7 @@ func (s *semaphoreHolder) refresh(ctx context.Context, q *queue) (*api.KVPair, e
 		}
 	}
 	sort.Slice(q.order, func(i, j int) bool { return q.order[i].CreateIndex < q.order[j].CreateIndex })
-	// Sessions seen here and their keys, for pruneWith.
+	// Sessions seen here and their keys, for prune.
 	q.alive(pairs)
 	return lockPair, nil
 }

@@ -109,7 +109,7 @@ func (sv *supervision) exited() error {
 	if p.KillLeftovers() {
 		sv.log.Debug("killed what the command left running", "pgid", p.Pid())
 	}
-	return fmt.Errorf("%w (prefix %q)", sv.stopErr, sv.o.Prefix)
+	return fmt.Errorf("%w (prefix %q)", sv.stopErr, sv.lease.rn.opts.Prefix)
 }
 
 // forward passes sig on to the command. INT and TERM also ask us to stop:
@@ -137,7 +137,7 @@ func (sv *supervision) leaseEnded(ctx context.Context) {
 		cause = fmt.Errorf("%w: %v", ErrLockLost, context.Cause(sv.lease.ctx))
 	}
 	grace := min(sv.o.KillGrace, max(0, time.Until(sv.lease.rn.fence.deadBy())))
-	sv.log.Warn("lock lost; stopping the command", "prefix", sv.o.Prefix, "pid", sv.p.Pid(), "kill_in", grace.Round(time.Millisecond))
+	sv.log.Warn("lock lost; stopping the command", "prefix", sv.lease.rn.opts.Prefix, "pid", sv.p.Pid(), "kill_in", grace.Round(time.Millisecond))
 	sv.terminate(cause, grace)
 	// Already stopping for another reason: the fence's deadline still holds.
 	sv.killBy(time.Now().Add(grace))

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"slices"
@@ -61,27 +62,14 @@ func RecordConsulSettings(store *state.Store, environ []string) (bool, error) {
 	if len(env) == 0 {
 		return false, nil
 	}
-	path := store.Path(ConsulSettingsFile)
-	if old, err := loadConsulSettings(path); err == nil && maps.Equal(old.Env, env) {
+	if old, err := loadConsulSettings(store); err == nil && maps.Equal(old.Env, env) {
 		return false, nil
 	}
 	data, err := json.Marshal(ConsulSettings{Env: env, RecordedAt: time.Now().UTC()})
 	if err != nil {
 		return false, err
 	}
-	// Written aside and renamed: a worker reading at the same moment sees
-	// the old or the new settings, never half of them.
-	tmp, err := os.CreateTemp(store.Dir(), ConsulSettingsFile+".tmp*")
-	if err != nil {
-		return false, fmt.Errorf("recording the Consul settings: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	_, werr := tmp.Write(append(data, '\n'))
-	cerr := tmp.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		return false, fmt.Errorf("recording the Consul settings: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := replaceFile(store, ConsulSettingsFile, append(data, '\n')); err != nil {
 		return false, fmt.Errorf("recording the Consul settings: %w", err)
 	}
 	// New settings may well fix what made the last worker fail at start:
@@ -93,19 +81,50 @@ func RecordConsulSettings(store *state.Store, environ []string) (bool, error) {
 	return true, err
 }
 
+// replaceFile writes data to the file name in the state directory, mode
+// 0600, aside first and then renamed over it: a reader sees the old or the
+// new content, never half of it. Both go through the directory's
+// descriptor, never through a symlink.
+func replaceFile(store *state.Store, name string, data []byte) error {
+	tmp := fmt.Sprintf("%s.tmp%d", name, os.Getpid())
+	f, err := store.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(data)
+	if err := errors.Join(werr, f.Close()); err != nil {
+		_ = os.Remove(store.Path(tmp))
+		return err
+	}
+	if err := store.Rename(tmp, name); err != nil {
+		_ = os.Remove(store.Path(tmp))
+		return err
+	}
+	return nil
+}
+
 // loadConsulSettings reads recorded settings; the error wraps
 // os.ErrNotExist when exec never recorded any.
-func loadConsulSettings(path string) (ConsulSettings, error) {
+func loadConsulSettings(store *state.Store) (ConsulSettings, error) {
 	var s ConsulSettings
-	data, err := os.ReadFile(path)
+	f, err := store.OpenFile(ConsulSettingsFile, os.O_RDONLY, 0)
+	if err != nil {
+		return s, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxSettingsSize))
 	if err != nil {
 		return s, err
 	}
 	if err := json.Unmarshal(data, &s); err != nil {
-		return s, fmt.Errorf("reading %s: %w", path, err)
+		return s, fmt.Errorf("reading %s: %w", store.Path(ConsulSettingsFile), err)
 	}
 	return s, nil
 }
+
+// maxSettingsSize bounds what is read of the settings file: a handful of
+// variables.
+const maxSettingsSize = 64 << 10
 
 // ConsulRunner is the worker's Runner against a real Consul. Before every
 // try it reads the recorded connection settings, so that a worker always
@@ -141,7 +160,7 @@ func NewConsulRunner(store *state.Store) (*ConsulRunner, error) {
 // Source describes where the settings in use come from, for the log: never
 // the token itself.
 func (r *ConsulRunner) Source() string {
-	s, err := loadConsulSettings(r.store.Path(ConsulSettingsFile))
+	s, err := loadConsulSettings(r.store)
 	if err != nil {
 		return "the worker's environment (no exec has recorded consul-template's settings yet)"
 	}
@@ -163,7 +182,7 @@ func tokenState(env map[string]string) string {
 // current returns the runner and client for the newest settings.
 func (r *ConsulRunner) current() (*lockexec.Runner, *api.Client, error) {
 	env := r.own
-	s, err := loadConsulSettings(r.store.Path(ConsulSettingsFile))
+	s, err := loadConsulSettings(r.store)
 	switch {
 	case err == nil:
 		env = s.Env

@@ -33,6 +33,7 @@ type orphan struct {
 	prefix   string
 	limit    int
 	session  string
+	holding  bool // the lock was held: the command may have started
 	pid      int
 	pidStart uint64
 }
@@ -52,7 +53,7 @@ func (w *worker) recoverInterrupted(ctx context.Context) error {
 	for _, name := range st.Interrupted() {
 		a := st.Actions[name]
 		orphans = append(orphans, orphan{name: name, prefix: a.Declaration.Prefix, limit: a.Declaration.Limit,
-			session: a.Session, pid: a.PID, pidStart: a.PIDStart})
+			session: a.Session, holding: a.Holding, pid: a.PID, pidStart: a.PIDStart})
 	}
 	var wg sync.WaitGroup
 	for _, o := range orphans {
@@ -79,6 +80,13 @@ func (w *worker) recoverInterrupted(ctx context.Context) error {
 func (w *worker) reclaim(ctx context.Context, o orphan) {
 	log := w.log.Named(o.name)
 	log.Warn("the previous worker stopped during this action; running it again", "session", o.session, "pid", o.pid)
+	if o.holding && o.pid == 0 {
+		// The lock is recorded before the command starts and its pid
+		// after: the predecessor died in between, and a command may run
+		// that nothing here can name.
+		log.Warn("the dead worker held the lock but its command's pid was not recorded; its lock is freed when its session expires", "session", o.session)
+		return
+	}
 	if err := stopOrphan(log, o.pid, o.pidStart); err != nil {
 		log.Error("could not stop the dead worker's command; its lock is freed when its session expires", "pid", o.pid, "error", err)
 		return
@@ -95,31 +103,42 @@ func (w *worker) reclaim(ctx context.Context, o orphan) {
 	log.Info("gave back the dead worker's lock", "prefix", o.prefix, "session", o.session)
 }
 
-// stopOrphan stops the process group led by pid if pid still names the
-// process that started at start (clock ticks since boot): SIGTERM, then
-// SIGKILL after orphanTermGrace. nil means the command is gone.
+// stopOrphan stops what is left of the process group led by pid, the
+// command a dead worker started at start (clock ticks since boot): SIGTERM,
+// then SIGKILL after orphanTermGrace. nil means the command is gone.
+//
+// It never signals anyone else's processes. While pid runs, it is ours
+// only if its start time matches. Once pid has exited (the parent-death
+// signal kills it with its worker), a group that still answers to pid
+// holds only what our command left behind: Linux hands out no pid that is
+// still in use as a process group ID, so no newcomer can lead or join such
+// a group.
 func stopOrphan(log hclog.Logger, pid int, start uint64) error {
 	if pid <= 0 {
 		return nil // the command never started
 	}
 	now, err := processStartTime(pid)
-	if errors.Is(err, os.ErrNotExist) || (err == nil && now != start) {
-		return nil // gone, or the pid now names another process
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if groupGone(pid, 0) {
+			return nil
+		}
+	case err != nil:
 		return err
-	}
-	if start == 0 {
+	case start == 0:
+		// Whether it is ours cannot be told: leave its lock to expire.
 		return fmt.Errorf("pid %d is running, but its start time was not recorded", pid)
+	case now != start:
+		return nil // the pid now names another process
 	}
-	log.Warn("stopping the command the dead worker left running", "pid", pid)
+	log.Warn("stopping the command the dead worker left running", "pgid", pid)
 	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return err
 	}
 	if groupGone(pid, orphanTermGrace) {
 		return nil
 	}
-	log.Warn("the command did not stop on SIGTERM; killing it", "pid", pid, "grace", orphanTermGrace)
+	log.Warn("the command did not stop on SIGTERM; killing it", "pgid", pid, "grace", orphanTermGrace)
 	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return err
 	}

@@ -7,10 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"ct-supervise/lockexec"
 	"ct-supervise/plugin"
@@ -455,7 +459,9 @@ func TestRecoverStopsOrphanAndReclaims(t *testing.T) {
 			}
 			st.RecordSession(n, "dead-"+n)
 		}
+		st.Acquired("a")
 		st.RecordChild("a", orphan.Process.Pid, start)
+		st.Acquired("b")
 		st.RecordChild("b", orphan.Process.Pid, start+1)
 		return nil
 	})
@@ -499,5 +505,55 @@ func TestStopOrphanSparesReusedPID(t *testing.T) {
 	}
 	if err := syscall.Kill(p.Process.Pid, 0); err != nil {
 		t.Fatalf("a process whose start time differs was stopped: %v", err)
+	}
+}
+
+// A predecessor that died holding the lock before its command's pid was
+// recorded may have left a command running that nothing can name: its lock
+// is left to expire with its session, never given back early.
+func TestRecoverLeavesUnnamedCommandsLockAlone(t *testing.T) {
+	s := newStore(t, 3, "waiting", "holding")
+	err := s.Update(func(st *state.State) error {
+		for _, n := range []string{"waiting", "holding"} {
+			if _, _, err := st.Begin(n); err != nil {
+				return err
+			}
+			st.RecordSession(n, "dead-"+n)
+		}
+		st.Acquired("holding")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFake(ok)
+	w := startWorker(t, Options{Store: s, Runner: f})
+	if err := w.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(f.reclaims) != 1 || !strings.Contains(f.reclaims[0], "dead-waiting") {
+		t.Fatalf("reclaims = %v, want only the session that never held the lock", f.reclaims)
+	}
+}
+
+// Once the command's first process is gone (the parent-death signal kills
+// it with its worker), what it left in its process group is stopped.
+func TestStopOrphanStopsLeftoversOfADeadLeader(t *testing.T) {
+	sh := exec.Command("/bin/sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!")
+	sh.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := sh.Output() // reaps the leader: only the sleep is left
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(left, syscall.SIGKILL) })
+	if err := stopOrphan(hclog.NewNullLogger(), sh.Process.Pid, 12345); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := procStat(left); err == nil && f[0] != "Z" {
+		t.Fatalf("the leftover %d of the dead command still runs (state %s)", left, f[0])
 	}
 }

@@ -1,5 +1,5 @@
 # What ct-supervise itself needs, on the token consul-template runs with
-# (the plugin, `exec` and the worker inherit consul-template's token):
+# (`exec` gets consul-template's token and records it for the worker):
 #
 #   consul acl policy create -name ct-supervise -rules @ct-supervise.hcl
 

@@ -74,11 +74,6 @@ func procCPUSeconds(pid int) float64 {
 	return (ut + st) / clkTck
 }
 
-// shellQuote quotes s for /bin/sh.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
 // countingTransport counts the benchmark's own requests to the agent, so
 // they can be taken out of the agent's request counters.
 type countingTransport struct {

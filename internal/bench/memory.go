@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"ct-supervise/internal/shell"
 )
 
 // The peak RSS of a short-lived child cannot be taken from the wait4
@@ -87,7 +89,7 @@ func (b *bench) benchMemory(res *Results) error {
 	// worker it starts stays waiting.
 	const name = "bench-mem"
 	ledger := filepath.Join(b.tmp, "memory.ledger")
-	action := shellQuote(b.stamp) + " " + shellQuote(ledger) + " mem-$$ 300ms"
+	action := shell.Quote(b.stamp) + " " + shell.Quote(ledger) + " mem-$$ 300ms"
 	release, err := hold(b.client, "ct-supervise/"+name, 1)
 	if err != nil {
 		return err

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"ct-supervise/internal/shell"
 )
 
 // stateDir makes a fresh ct-supervise state directory (0700, as required)
@@ -108,7 +110,7 @@ func (b *bench) benchExec(res *Results) error {
 	ledger := filepath.Join(b.tmp, "exec.ledger")
 	// The action appends to the ledger under a shell-made unique ID, so
 	// every run of it by any worker is counted.
-	action := shellQuote(b.stamp) + " " + shellQuote(ledger) + " exec-$$ 0s"
+	action := shell.Quote(b.stamp) + " " + shell.Quote(ledger) + " exec-$$ 0s"
 	reg := []string{b.cts, "register", "-n=1", "-name=" + name, "-try=10m", action}
 	execArgs := []string{b.cts, "exec", name}
 

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"ct-supervise/internal/shell"
 	"ct-supervise/worker"
 )
 
@@ -73,7 +74,7 @@ func (f *fleet) start(count, limit int) error {
 echo "$CT_SUPERVISE_DEMO_NODE start" >> %[1]s
 sleep %.3[2]f
 echo "$CT_SUPERVISE_DEMO_NODE end" >> %[1]s
-`, shellQuote(f.ledger.path), f.action.Seconds())
+`, shell.Quote(f.ledger.path), f.action.Seconds())
 	if err := os.WriteFile(filepath.Join(binDir, reloadScript), []byte(script), 0o700); err != nil {
 		return fmt.Errorf("writing the reload script: %w", err)
 	}
@@ -381,9 +382,4 @@ func terminate(pid int, group bool, done <-chan struct{}, report func(error)) {
 		_ = syscall.Kill(target, syscall.SIGKILL)
 		<-done
 	}
-}
-
-// shellQuote quotes s for /bin/sh.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

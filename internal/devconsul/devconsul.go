@@ -5,7 +5,6 @@
 package devconsul
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -252,18 +251,4 @@ func FreePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// WaitStopped is for callers that want to block until the agent process
-// exits on its own, bounded by ctx.
-func (a *Agent) WaitStopped(ctx context.Context) error {
-	if a.cmd == nil {
-		return nil
-	}
-	select {
-	case <-a.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

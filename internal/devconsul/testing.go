@@ -3,25 +3,20 @@ package devconsul
 import (
 	"fmt"
 	"os"
-	"testing"
 )
 
-// ForTest starts an agent for one test and stops it when the test ends, even
-// on failure. Without a consul binary it fails the test under CI=true and
-// skips it, with a message saying how to get one, elsewhere.
-func ForTest(t testing.TB) *Agent {
-	t.Helper()
-	a, err := Start(Options{})
-	if err != nil {
-		MissingOrFatal(t, err)
-	}
-	t.Cleanup(a.Stop)
-	return a
+// TB is the part of testing.TB that MissingOrFatal uses. Taking it rather
+// than testing.TB keeps the testing package out of the demo and benchmark
+// binaries that link this package.
+type TB interface {
+	Helper()
+	Skipf(format string, args ...any)
+	Fatalf(format string, args ...any)
 }
 
 // MissingOrFatal reports a failed start: a skip outside CI when the binary is
 // simply absent, a test failure otherwise.
-func MissingOrFatal(t testing.TB, err error) {
+func MissingOrFatal(t TB, err error) {
 	t.Helper()
 	if err == ErrNoBinary && os.Getenv("CI") != "true" {
 		t.Skipf("skipping: %v (integration tests never skip under CI=true)", err)
