@@ -8,7 +8,7 @@ SHELL        := /bin/bash
 .SHELLFLAGS  := -eu -o pipefail -c
 GO           ?= go
 BIN          := bin/ct-supervise
-FUZZTIME     ?= 15s
+FUZZTIME     ?= 10s
 TEST_TIMEOUT ?= 25m
 
 # The directory holding consul and consul-template, built on first use.
@@ -52,8 +52,12 @@ unit:
 integration: build
 	@bin=$(TOOLS); PATH="$$bin:$$PATH" $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./integration/
 
+# Each fuzz target gets FUZZTIME on its own (scripts/fuzz.sh). Their seed
+# corpora (testdata/fuzz) also run as plain tests in `make test`.
+FUZZ_TARGETS := plugin:FuzzParseJSON plugin:FuzzParseArgs plugin:FuzzDeclarationFlags state:FuzzDecodeState
+
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzParseJSON -fuzztime=$(FUZZTIME) ./plugin/
+	@GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
 # A local Consul dev agent and five consul-template nodes rolling a reload.
 # (Built, not `go run`: go run reports its own status instead of the demo's.)

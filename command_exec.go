@@ -51,7 +51,7 @@ func (c *CLI) execCommand(args []string) int {
 	}
 	log := newLogger(cmd, *verbose, c.stderr)
 	store, err := openStore(*stateDir)
-	if errors.Is(err, state.ErrNoDefaultStateDir) && !*wait {
+	if (errors.Is(err, state.ErrNoDefaultStateDir) || storageFault(err)) && !*wait {
 		// consul-template logs this line; failing would stop it.
 		return c.errorf(cmd, ExitOK, "%v; nothing queued", err)
 	}
@@ -88,11 +88,19 @@ func (c *CLI) execCommand(args []string) int {
 		queued = st.QueueLen()
 		return err
 	})
+	if storageFault(err) && !*wait {
+		return c.errorf(cmd, ExitOK, "error: %v; nothing queued, the previous state is kept", err)
+	}
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
 	// consul-template logs our output, not register's warnings.
 	c.warnRejections(cmd, rejections)
+	if len(tickets) == 0 {
+		if err := probeWritable(store.Dir()); storageFault(err) && !*wait {
+			return c.errorf(cmd, ExitOK, "error: the state directory refuses writes (%v): this render's declarations were not registered, nothing queued", err)
+		}
+	}
 	// consul-template exits when its command fails. A name the render did
 	// not register (its declaration is data that is not there yet) must
 	// not take it down: say so and go on.

@@ -85,6 +85,10 @@ func (c *CLI) registerCommand(args []string) int {
 		c.errorf(cmd, ExitOK, "warning: %v; the declaration is not registered", err)
 		return ok()
 	}
+	if storageFault(err) {
+		c.errorf(cmd, ExitOK, "error: %v; the declaration is not registered", err)
+		return ok()
+	}
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
@@ -94,6 +98,10 @@ func (c *CLI) registerCommand(args []string) int {
 		return c.rejectData(cmd, store, name, err, *strict, ok)
 	}
 	changed, err := store.Register(d, time.Now())
+	if storageFault(err) {
+		c.errorf(cmd, ExitOK, "error: %v; the declaration is not registered, the previous state is kept", err)
+		return ok()
+	}
 	if err != nil {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	iofs "io/fs"
-	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -331,23 +330,14 @@ func (a ActionStatus) stopText() string {
 
 // isPermissionDenied reports a Consul ACL denial (HTTP 403).
 func isPermissionDenied(err error) bool {
-	var se api.StatusError
-	return errors.As(err, &se) && se.Code == http.StatusForbidden
+	return errors.Is(lockexec.ClassifyConsulError(err), lockexec.ErrPermissionDenied)
 }
 
 // describeConsulError says in one line why holders could not be read: a
 // 403 is a permission denial, naming what was denied (Consul's own words
 // name the permission and the key), never "unreachable".
 func describeConsulError(err error) string {
-	var se api.StatusError
-	switch {
-	case errors.As(err, &se) && se.Code == http.StatusForbidden:
-		return "permission denied: " + oneLine(se.Body)
-	case errors.As(err, &se):
-		return fmt.Sprintf("Consul answered %d: %s", se.Code, oneLine(se.Body))
-	default:
-		return "Consul unreachable: " + oneLine(err.Error())
-	}
+	return oneLine(lockexec.ClassifyConsulError(err).Error())
 }
 
 // actionState names where an action stands, in status's words.

@@ -93,7 +93,7 @@ func TestStatusReportsHoldersOrWhyNot(t *testing.T) {
 	}
 	s = statusJSON(t, "-state-dir="+dir, "-http-addr=127.0.0.1:"+itoa(port))
 	for _, a := range s.Actions {
-		if !strings.Contains(a.HoldersErr, "Consul unreachable") {
+		if !strings.Contains(a.HoldersErr, "consul unreachable") {
 			t.Errorf("Consul down: action %s: holders error %q, want it unreachable", a.Name, a.HoldersErr)
 		}
 	}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"ct-supervise/internal/cluster"
 	"ct-supervise/internal/shell"
 )
@@ -45,13 +47,21 @@ type faultCluster struct {
 func newFaultCluster(t *testing.T, opts cluster.Options) *faultCluster {
 	t.Helper()
 	needConsul(t)
-	fc := &faultCluster{t: t, c: cluster.ForTest(t, opts)}
+	return (&faultCluster{c: cluster.ForTest(t, opts)}).sub(t)
+}
+
+// sub returns the cluster with fresh nodes (new state directories) for a
+// test or subtest: subtests that share a cluster share nothing else, and
+// each stops its own workers when it ends.
+func (fc *faultCluster) sub(t *testing.T) *faultCluster {
+	t.Helper()
+	out := &faultCluster{t: t, c: fc.c}
 	for _, a := range fc.c.Nodes {
 		n := newNodeOn(t, a.Name, a.Addr())
 		n.logOnFailure()
-		fc.nodes = append(fc.nodes, n)
+		out.nodes = append(out.nodes, n)
 	}
-	return fc
+	return out
 }
 
 // agentOf is the Consul agent of node n.
@@ -63,6 +73,45 @@ func (fc *faultCluster) ready() {
 	if err := fc.c.WaitReady(cluster.DefaultStartTimeout); err != nil {
 		fc.t.Fatal(err)
 	}
+}
+
+// put writes a key through a server.
+func (fc *faultCluster) put(key, value string) {
+	fc.t.Helper()
+	client, err := fc.c.ServerClient()
+	if err != nil {
+		fc.t.Fatal(err)
+	}
+	if _, err := client.KV().Put(&api.KVPair{Key: key, Value: []byte(value)}, nil); err != nil {
+		fc.t.Fatalf("putting %s: %v", key, err)
+	}
+}
+
+// sessionsOf returns the IDs of the sessions held through node's agent.
+func (fc *faultCluster) sessionsOf(nodeName string) []string {
+	client, err := fc.c.ServerClient()
+	if err != nil {
+		return nil
+	}
+	all, _, err := client.Session().Node(nodeName, nil)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, s := range all {
+		ids = append(ids, s.ID)
+	}
+	return ids
+}
+
+// sessionGone reports whether the servers no longer know session id.
+func (fc *faultCluster) sessionGone(id string) bool {
+	client, err := fc.c.ServerClient()
+	if err != nil {
+		return false
+	}
+	s, _, err := client.Session().Info(id, nil)
+	return err == nil && s == nil
 }
 
 // sessions lists every session the servers know, as "NAME ID (NODE)".
@@ -85,7 +134,7 @@ func (fc *faultCluster) sessions() ([]string, error) {
 // checkNoSessions waits until no session is left in the cluster: those of a
 // dead or frozen holder go when the servers declare its node failed, or
 // when the next process on the node cleans up after it.
-func (fc *faultCluster) checkNoSessions() {
+func (fc *faultCluster) checkNoSessions(report func(string, ...any)) {
 	fc.t.Helper()
 	deadline := time.Now().Add(settleTimeout)
 	for {
@@ -94,7 +143,7 @@ func (fc *faultCluster) checkNoSessions() {
 			return
 		}
 		if time.Now().After(deadline) {
-			fc.t.Errorf("sessions left behind after %s: %v (%v)", settleTimeout, left, err)
+			report("sessions left behind after %s: %v (%v)", settleTimeout, left, err)
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -198,7 +247,7 @@ func (a *faultAction) started() map[int]actionProc {
 		pid, err1 := strconv.Atoi(f[0])
 		start, err2 := strconv.ParseInt(f[2], 10, 64)
 		if err1 == nil && err2 == nil {
-			out[pid] = actionProc{node: f[1], start: start}
+			out[pid] = actionProc{pid: pid, node: f[1], start: start}
 		}
 	}
 	return out
@@ -207,6 +256,7 @@ func (a *faultAction) started() map[int]actionProc {
 // actionProc is one action process: its node and when its run started,
 // which tells its run from those of other processes of the node.
 type actionProc struct {
+	pid   int
 	node  string
 	start int64
 }
@@ -267,19 +317,19 @@ func (a *faultAction) runs() []ledgerRun {
 
 // checkLimit fails the test if more than limit actions ever ran at once.
 // It returns the peak.
-func (a *faultAction) checkLimit(limit int) int {
+func (a *faultAction) checkLimit(limit int, report func(string, ...any)) int {
 	a.t.Helper()
 	runs := a.runs()
 	peak := maxConcurrency(runs)
 	if peak > limit {
-		a.t.Errorf("%d actions ran at once across nodes, the limit is %d:\n%s", peak, limit, timeline(runs))
+		report("%d actions ran at once across nodes, the limit is %d:\n%s", peak, limit, timeline(runs))
 	}
 	return peak
 }
 
 // checkNoOrphans waits until every action process is gone: one that
 // outlives the process that started it, or the test, is an orphan.
-func (a *faultAction) checkNoOrphans() {
+func (a *faultAction) checkNoOrphans(report func(string, ...any)) {
 	a.t.Helper()
 	deadline := time.Now().Add(settleTimeout)
 	for {
@@ -295,7 +345,7 @@ func (a *faultAction) checkNoOrphans() {
 		}
 		if time.Now().After(deadline) {
 			slices.Sort(left)
-			a.t.Errorf("actions still running %s after the fault: %v", settleTimeout, left)
+			report("actions still running %s after the fault: %v", settleTimeout, left)
 			for _, p := range left {
 				pid, _ := strconv.Atoi(strings.Fields(p)[0])
 				_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -336,10 +386,10 @@ type attempt struct {
 	start, end time.Time
 }
 
-// startProc starts ct-supervise on the node in a process group of its own,
-// collecting its standard error; its output is discarded.
-func (n *node) startProc(args ...string) (*exec.Cmd, *bytes.Buffer, error) {
-	cmd := exec.Command(binary, args...)
+// startProc starts argv on the node (its environment) in a process group
+// of its own, collecting its standard error; its output is discarded.
+func (n *node) startProc(argv ...string) (*exec.Cmd, *bytes.Buffer, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = n.env
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
@@ -350,7 +400,8 @@ func (n *node) startProc(args ...string) (*exec.Cmd, *bytes.Buffer, error) {
 	return cmd, &errb, nil
 }
 
-// driver runs `ct-supervise ARGS...` on a node in the background, again
+// driver runs a command line (ct-supervise or consul lock) on a node in
+// the background, again
 // while it fails, up to a number of attempts: the way a worker retries an
 // action whose lock was lost.
 type driver struct {
@@ -364,7 +415,7 @@ type driver struct {
 const driveBackoff = time.Second
 
 // drive starts a driver. args gets the attempt number (1-based) and returns
-// the arguments of that attempt.
+// the command line of that attempt.
 func drive(t *testing.T, n *node, maxAttempts int, args func(attempt int) []string) *driver {
 	d := &driver{node: n, done: make(chan struct{})}
 	var (
@@ -473,4 +524,91 @@ func runOf(runs []ledgerRun, nodeName string, t0 time.Time) (ledgerRun, bool) {
 		}
 	}
 	return ledgerRun{}, false
+}
+
+// restart stops consul-template (SIGTERM to its process group, as a
+// service manager would) and starts it again with the same configuration
+// and environment. The detached worker is not in the group and lives on.
+func (p *ctNode) restart() {
+	p.t.Helper()
+	p.stop()
+	logFile, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer logFile.Close()
+	fmt.Fprintf(logFile, "==== restarted by the test at %s\n", time.Now().UTC().Format(time.RFC3339Nano))
+	cmd := exec.Command(p.cmd.Path, p.cmd.Args[1:]...)
+	cmd.Dir, cmd.Env = p.cmd.Dir, p.cmd.Env
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		p.t.Fatalf("restarting consul-template of %s: %v", p.name, err)
+	}
+	p.cmd, p.done, p.waitErr = cmd, make(chan struct{}), nil
+	done := p.done
+	go func() {
+		err := cmd.Wait()
+		p.waitErr = err
+		close(done)
+	}()
+}
+
+// TestFaultActionLedger checks the fault action and its watcher, which
+// every fault's checks rest on: a run ends in the ledger when its action
+// completes, when it is stopped with SIGTERM, and when it is killed
+// without a word (the watcher writes that end).
+func TestFaultActionLedger(t *testing.T) {
+	act := newFaultAction(t)
+	start := func(node string, d time.Duration) *exec.Cmd {
+		cmd := exec.Command("/bin/sh", "-c", act.command(d, "x"))
+		cmd.Env = append(os.Environ(), "CT_SUPERVISE_NODE="+node)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	done := start("done", 100*time.Millisecond)
+	stopped := start("stopped", time.Minute)
+	killed := start("killed", time.Minute)
+	waitFor(t, 10*time.Second, "three runs to start", func() bool { return len(act.runs()) == 3 })
+	var left []string
+	for _, p := range act.started() {
+		if act.alive(p.pid) {
+			left = append(left, p.node)
+		}
+	}
+	if !slices.Contains(left, "stopped") || !slices.Contains(left, "killed") {
+		t.Fatalf("live actions %v, want stopped and killed among them", left)
+	}
+	_ = done.Wait()
+	_ = stopped.Process.Signal(syscall.SIGTERM)
+	_ = stopped.Wait()
+	_ = killed.Process.Kill()
+	_ = killed.Wait()
+	waitFor(t, 10*time.Second, "every run to end in the ledger", func() bool {
+		for _, r := range act.runs() {
+			if r.end == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	ends := map[string]string{}
+	for _, l := range lines(act.ledger) {
+		if f := strings.Fields(l); len(f) >= 3 && f[1] == "end" {
+			ends[f[0]] = strings.Join(f[3:], " ")
+		}
+	}
+	want := map[string]string{"done": "", "stopped": "stopped", "killed": "killed"}
+	for node, how := range want {
+		if got, ok := ends[node]; !ok || got != how {
+			t.Errorf("%s's run ended as %q (recorded: %t), want %q", node, got, ok, how)
+		}
+	}
+	if !act.completed("done", "x") || act.completed("stopped", "x") || act.completed("killed", "x") {
+		t.Error("completed() does not tell a finished run from a stopped or killed one")
+	}
+	act.checkNoOrphans(t.Errorf)
 }

@@ -226,7 +226,7 @@ type exampleAction struct {
 	Command     []string `json:"command"`
 	Limit       int      `json:"n"`
 	Try         string   `json:"try"`
-	Timeout     string   `json:"timeout"`
+	Timeout     string   `json:"command_timeout"`
 	MaxAttempts int      `json:"max_attempts"`
 	Last        *struct {
 		OK       bool   `json:"ok"`
@@ -291,7 +291,7 @@ func (h *exampleHost) checkCalls(want ...string) {
 }
 
 // checkDeclared fails the test unless the action is declared with the
-// given limit, -try and -timeout (zero: none).
+// given limit, -try and -command-timeout (zero: none).
 func checkDeclared(t *testing.T, a exampleAction, limit int, try, timeout time.Duration) {
 	t.Helper()
 	if a.Limit != limit {
@@ -301,7 +301,7 @@ func checkDeclared(t *testing.T, a exampleAction, limit int, try, timeout time.D
 		flag string
 		got  string
 		want time.Duration
-	}{{"-try", a.Try, try}, {"-timeout", a.Timeout, timeout}} {
+	}{{"-try", a.Try, try}, {"-command-timeout", a.Timeout, timeout}} {
 		got, err := time.ParseDuration(d.got)
 		if d.got == "" {
 			got, err = 0, nil
@@ -405,24 +405,40 @@ func TestExampleNginx(t *testing.T) {
 
 // TestExampleHAProxy: haproxy's configuration rendered from the catalog,
 // checked with `haproxy -c` and reloaded through systemd, one node at a
-// time.
+// time; a file haproxy -c refuses is never reloaded.
 func TestExampleHAProxy(t *testing.T) {
 	client := packageClient(t)
 	registerApp(t, client)
-	h := newExampleHost(t, "lb-1", agent.Addr())
-	p := h.startCT(true, nil, h.install("haproxy"))
-	if code, exited := p.wait(exampleTimeout); !exited || code != 0 {
-		t.Fatalf("consul-template -once: exited %v, status %d; want a render and exit 0", exited, code)
+	for _, tc := range []struct {
+		name  string
+		fail  bool // haproxy -c refuses the file
+		calls int  // how many of the calls below are made
+		ok    bool
+	}{
+		{"reloads", false, 2, true},
+		{"haproxy -c fails", true, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newExampleHost(t, "lb-1", agent.Addr())
+			cfg := h.path("/etc/haproxy/haproxy.cfg")
+			calls := []string{"haproxy -c -q -f " + cfg, "systemctl reload haproxy.service"}
+			if tc.fail {
+				writeFile(t, h.ledger+".fail", calls[0]+"\n")
+			}
+			p := h.startCT(true, nil, h.install("haproxy"))
+			if code, exited := p.wait(exampleTimeout); !exited || code != 0 {
+				t.Fatalf("consul-template -once: exited %v, status %d; want a render and exit 0", exited, code)
+			}
+			checkRendered(t, cfg, renderedHeader,
+				"backend app\n  balance roundrobin\n  server app-1 10.0.0.1:8080 check\n  server app-2 10.0.0.2:8080 check\n")
+			a := h.waitResult("haproxy")
+			checkDeclared(t, a, 1, 10*time.Minute, 0)
+			if a.Last.OK != tc.ok {
+				t.Errorf("last result ok = %v (%+v), want %v", a.Last.OK, *a.Last, tc.ok)
+			}
+			h.checkCalls(calls[:tc.calls]...)
+		})
 	}
-	cfg := h.path("/etc/haproxy/haproxy.cfg")
-	checkRendered(t, cfg, renderedHeader,
-		"backend app\n  balance roundrobin\n  server app-1 10.0.0.1:8080 check\n  server app-2 10.0.0.2:8080 check\n")
-	a := h.waitResult("haproxy")
-	checkDeclared(t, a, 1, 10*time.Minute, 0)
-	if !a.Last.OK {
-		t.Errorf("last result %+v, want ok", *a.Last)
-	}
-	h.checkCalls("haproxy -c -q -f "+cfg, "systemctl reload haproxy.service")
 }
 
 // TestExampleSystemdApp: myapp's environment file rendered from KV, mode
@@ -459,10 +475,12 @@ func TestExampleSystemdApp(t *testing.T) {
 	h.checkCalls("systemctl restart myapp.service")
 }
 
-// TestExampleConsulKV: the declaration read from KV. Until the key exists
-// nothing renders; then the action runs as the JSON declares; a bad value
-// keeps the last good declaration, consul-template keeps running, and
-// status shows the rejection; a new value changes the policy.
+// TestExampleConsulKV: the policy read from KV, merged over the template's
+// command and defaults. Until the key exists nothing renders; then the
+// action runs with the key's n and the template's -try; a bad value, or one
+// that tries to set the command, keeps the last good declaration while
+// consul-template keeps running and status shows the rejection; a new
+// value changes the policy.
 func TestExampleConsulKV(t *testing.T) {
 	client := packageClient(t)
 	registerApp(t, client)
@@ -484,11 +502,11 @@ func TestExampleConsulKV(t *testing.T) {
 		t.Fatalf("before the key exists: rendered file %v, consul-template running %v; want no file and running", err, p.running())
 	}
 
-	decl := readExample(t, "consul-kv", "nginx.json")
-	if !strings.Contains(decl, `"n": 2,`) {
-		t.Fatalf("examples/consul-kv/nginx.json no longer declares \"n\": 2, which this test edits:\n%s", decl)
+	policy := readExample(t, "consul-kv", "nginx.json")
+	if !strings.Contains(policy, `"n": 2,`) {
+		t.Fatalf("examples/consul-kv/nginx.json no longer sets \"n\": 2, which this test edits:\n%s", policy)
 	}
-	put(decl) // consul kv put ops/supervise/nginx @nginx.json
+	put(policy) // consul kv put ops/supervise/nginx @nginx.json
 	a := h.waitResult("nginx")
 	checkRendered(t, dest, renderedHeader, "  server 10.0.0.1:8080;\n")
 	checkDeclared(t, a, 2, 10*time.Minute, 0)
@@ -496,21 +514,29 @@ func TestExampleConsulKV(t *testing.T) {
 		t.Errorf("last result %+v, max_attempts %d; want ok and 5", *a.Last, a.MaxAttempts)
 	}
 	h.checkCalls("nginx -t", "nginx -s reload")
+	command := a.Command
 
-	// A typo in the data: the render goes on, status says what is wrong.
-	put(strings.Replace(decl, `"n": 2`, `"n": "two"`, 1))
-	waitFor(t, exampleTimeout, "status to show the rejected value", func() bool {
-		return h.status().Rejected["nginx"].Message != ""
-	})
-	if !p.running() {
-		t.Fatal("consul-template exited over a bad value in KV")
-	}
-	if a := h.action("nginx"); a.Limit != 2 {
-		t.Errorf("after a bad value n = %d, want the last good 2", a.Limit)
+	// Bad data, and data that tries to choose the command: the render goes
+	// on, the last good declaration stays, status says what is wrong.
+	for _, bad := range []struct{ value, names string }{
+		{strings.Replace(policy, `"n": 2,`, `"n": "two",`, 1), ""}, // the first rejection: any message
+		{`{"n": 2, "command": "id"}`, "command"},
+	} {
+		put(bad.value)
+		waitFor(t, exampleTimeout, "status to show the rejection of "+bad.value, func() bool {
+			msg := h.status().Rejected["nginx"].Message
+			return msg != "" && strings.Contains(msg, bad.names)
+		})
+		if !p.running() {
+			t.Fatalf("consul-template exited over the value %s in KV", bad.value)
+		}
+		if a := h.action("nginx"); a.Limit != 2 || !slices.Equal(a.Command, command) {
+			t.Errorf("after the value %s: n = %d, command %q; want the last good 2 and %q", bad.value, a.Limit, a.Command, command)
+		}
 	}
 
 	// A new policy, without touching the template.
-	put(strings.Replace(decl, `"n": 2`, `"n": 3`, 1))
+	put(strings.Replace(policy, `"n": 2,`, `"n": 3,`, 1))
 	waitFor(t, exampleTimeout, "the declaration to follow the new value", func() bool {
 		return h.action("nginx").Limit == 3
 	})
@@ -546,10 +572,16 @@ func TestExampleWorkerService(t *testing.T) {
 	if err := svc.Start(); err != nil {
 		t.Fatal(err)
 	}
-	svcDone := make(chan error, 1)
-	go func() { svcDone <- svc.Wait() }()
+	var svcErr error
+	svcDone := make(chan struct{})
+	go func() { svcErr = svc.Wait(); close(svcDone) }()
 	t.Cleanup(func() {
-		_ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-svcDone:
+		default:
+			_ = syscall.Kill(-svc.Process.Pid, syscall.SIGKILL)
+			<-svcDone
+		}
 	})
 	waitFor(t, exampleTimeout, "the service worker to take the state directory", func() bool {
 		return h.workerPID() == svc.Process.Pid
@@ -573,9 +605,9 @@ func TestExampleWorkerService(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-svcDone:
-		if err != nil {
-			t.Errorf("the service worker exited with %v on SIGTERM, want status 0", err)
+	case <-svcDone:
+		if svcErr != nil {
+			t.Errorf("the service worker exited with %v on SIGTERM, want status 0", svcErr)
 		}
 	case <-time.After(30 * time.Second):
 		t.Errorf("the service worker did not stop within TimeoutStopSec=30 of SIGTERM")

@@ -130,8 +130,8 @@ func consulError(what string, err error) error {
 // errors come back as they are.
 func ClassifyConsulError(err error) error {
 	switch {
-	case err == nil:
-		return nil
+	case err == nil, errors.Is(err, ErrPermissionDenied), errors.Is(err, ErrConsulUnreachable):
+		return err
 	case isPermissionDenied(err):
 		return fmt.Errorf("%w: %v", ErrPermissionDenied, err)
 	case isUnreachable(err) || isTransient(err):

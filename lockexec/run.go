@@ -442,10 +442,12 @@ func describeLimit(n int) string {
 // lock-delay; then the lock key, which is only tidying up.
 func (rn *run) finish() error {
 	o := &rn.opts
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
 	var firstErr error
 	if rn.held {
 		rn.held = false
-		if err := rn.lock.release(); err != nil {
+		if err := retryTransient(ctx, rn.lock.release); err != nil {
 			rn.log.Warn("releasing the lock failed", "prefix", o.Prefix, "error", err)
 			firstErr = fmt.Errorf("releasing the lock on %q: %w", o.Prefix, err)
 		} else {
@@ -455,16 +457,24 @@ func (rn *run) finish() error {
 
 	rn.stopRenew()
 	<-rn.renewDone
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	defer cancel()
-	if _, err := rn.client.Session().Destroy(rn.session, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+	err := retryTransient(ctx, func() error {
+		_, err := rn.client.Session().Destroy(rn.session, (&api.WriteOptions{}).WithContext(ctx))
+		return err
+	})
+	switch {
+	case err == nil:
+		rn.log.Debug("session destroyed", "session", rn.session)
+	case firstErr == nil && rn.gotIt:
+		// The lock is back already: the session holds nothing, and Consul
+		// removes it when its TTL runs out. The run itself went well.
+		rn.log.Warn("destroying the session failed; it holds nothing, and Consul removes it when its TTL runs out",
+			"session", rn.session, "ttl", o.SessionTTL, "error", err)
+	default:
 		rn.log.Warn("destroying the session failed; Consul removes it when its TTL runs out",
 			"session", rn.session, "ttl", o.SessionTTL, "error", err)
 		if firstErr == nil {
 			firstErr = fmt.Errorf("destroying session %s: %w", rn.session, err)
 		}
-	} else {
-		rn.log.Debug("session destroyed", "session", rn.session)
 	}
 
 	// Deleting the key once nobody uses it, as `consul lock` does, lets a
@@ -477,6 +487,23 @@ func (rn *run) finish() error {
 		}
 	}
 	return firstErr
+}
+
+// retryTransient calls f until it succeeds, fails for a reason that is not
+// transient (see isTransient), or ctx is done: a release or a destroy made
+// during a leader election goes through once a leader is back, instead of
+// failing the run.
+func retryTransient(ctx context.Context, f func() error) error {
+	bo := newBackoff()
+	for {
+		err := f()
+		if err == nil || !isTransient(err) || ctx.Err() != nil {
+			return err
+		}
+		if bo.wait(ctx) != nil {
+			return err
+		}
+	}
 }
 
 // isStopSignal reports whether sig asks us to stop rather than being meant

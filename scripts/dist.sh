@@ -48,6 +48,10 @@ COMMIT=$(scripts/version.sh commit)
 EPOCH=$(scripts/version.sh epoch)
 LDFLAGS="-s -w -X main.Version=$VERSION -X main.Commit=$COMMIT"
 log "ct-supervise $VERSION (commit $COMMIT), $(go env GOVERSION), into $OUT/"
+case "$COMMIT" in
+  *-dirty) log "warning: the tree has uncommitted changes: this build is marked dirty and is no release" ;;
+  unknown) log "warning: the commit is unknown: this build cannot be traced to its source" ;;
+esac
 
 mkdir -p "$OUT"
 work=$(mktemp -d "$OUT/.dist.XXXXXX")

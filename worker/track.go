@@ -213,9 +213,12 @@ func outcome(res actionpkg.Result, err error, started, finished time.Time) state
 	out := state.Outcome{
 		OK:       err == nil && res.ExitCode == 0,
 		ExitCode: exitcode.Of(res.Result, err),
-		// Neither a Consul outage nor a -n that the fleet is still
-		// changing over to is the action's fault: retry, never give up.
-		Transient:   unreachable || errors.Is(err, lockexec.ErrLimitMismatch),
+		// Neither a Consul outage, nor a lock lost (the fence stopped the
+		// command when the session could not be confirmed, as during a
+		// leader election), nor a -n that the fleet is still changing
+		// over to is the action's fault: retry, never give up.
+		Transient: unreachable || errors.Is(err, lockexec.ErrLockLost) ||
+			errors.Is(err, lockexec.ErrLimitMismatch),
 		Unreachable: unreachable,
 		// A bad config does not become good by retrying.
 		NoRetry:  errors.Is(err, actionpkg.ErrCheckFailed),

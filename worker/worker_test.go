@@ -263,8 +263,9 @@ func TestStopGraceExpiresAndLeavesQueued(t *testing.T) {
 	}
 }
 
-// Consul outages are retried without using up attempts; the action's own
-// failures count, and it is given up after MaxAttempts.
+// Consul outages, a lock lost (its command stopped by the fence) and a -n
+// the fleet is changing are retried without using up attempts; the
+// action's own failures count, and it is given up after MaxAttempts.
 func TestTransientVersusCountedFailures(t *testing.T) {
 	s := newStore(t, 2, "a")
 	var mu sync.Mutex
@@ -274,8 +275,14 @@ func TestTransientVersusCountedFailures(t *testing.T) {
 		n++
 		try := n
 		mu.Unlock()
-		if try <= 3 {
+		switch try {
+		case 1:
 			return lockexec.Result{ExitCode: -1}, fmt.Errorf("%w: creating session: refused", lockexec.ErrConsulUnreachable)
+		case 2:
+			o.OnAcquired()
+			return lockexec.Result{Started: true, ExitCode: 143}, fmt.Errorf("%w: not confirmed in time", lockexec.ErrLockLost)
+		case 3:
+			return lockexec.Result{ExitCode: -1}, fmt.Errorf("%w: -n=2 elsewhere", lockexec.ErrLimitMismatch)
 		}
 		o.OnAcquired()
 		return lockexec.Result{Started: true, ExitCode: 3}, nil
@@ -286,7 +293,7 @@ func TestTransientVersusCountedFailures(t *testing.T) {
 	}
 	a := action(t, s, "a")
 	if got := f.triesOf("a"); got != 5 {
-		t.Fatalf("%d tries, want 5: 3 outages that do not count, then 2 failures (max attempts 2)", got)
+		t.Fatalf("%d tries, want 5: 3 transient failures that do not count, then 2 failures (max attempts 2)", got)
 	}
 	if a.Queued() || a.Last == nil || !a.Last.Failed || a.Last.ExitCode != 3 {
 		t.Fatalf("last = %+v, want given up with exit 3", a.Last)

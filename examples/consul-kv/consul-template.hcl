@@ -1,8 +1,8 @@
 # /etc/consul-template.d/nginx.hcl
 #
-# The same nginx reload, with its declaration kept in Consul KV under
-# ops/supervise/nginx: operators change the rollout policy with
-# `consul kv put`, without touching templates or nodes.
+# The same nginx reload, with its rollout policy kept in Consul KV under
+# ops/supervise/nginx: operators change it with `consul kv put`, without
+# touching templates or nodes.
 
 consul {
   address = "127.0.0.1:8500"
@@ -12,7 +12,7 @@ consul {
 template {
   source      = "/etc/consul-template.d/nginx/upstreams.conf.ctmpl"
   destination = "/etc/nginx/conf.d/upstreams.conf"
-  # The name spelled out: a value too malformed to read its name from
-  # still runs the last good declaration.
+  # The name spelled out: only the named action runs, whatever else this
+  # consul-template process declares.
   command     = "ct-supervise exec nginx"
 }
