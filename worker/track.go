@@ -128,6 +128,12 @@ func (w *worker) run(t *track, b begunRun) error {
 	}
 	records := newFeed(w.opts.Runner, b.decl.Prefix, w.lastRecord(b), t.log)
 	opts.OnPhase = func(phase, detail string) {
+		switch phase {
+		case actionpkg.PhaseHalted, actionpkg.PhasePaused, actionpkg.PhaseBlocked:
+			t.log.Warn("not starting yet", "phase", phase, "why", detail)
+		case actionpkg.PhaseChecking, actionpkg.PhaseGating, actionpkg.PhaseDraining, actionpkg.PhaseHolding:
+			t.log.Info(phase, "detail", detail)
+		}
 		now := time.Now()
 		w.note(t, "the phase", func(st *state.State) { st.SetPhase(b.name, phase, detail, now) })
 		records.phase(phase)
