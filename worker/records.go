@@ -231,8 +231,12 @@ func (f *feed) phase(phase string) {
 		return
 	}
 	f.mu.Lock()
-	f.rec.Phase, f.rec.Updated, f.due = phase, time.Now().UTC(), true
+	same := f.rec.Phase == phase
+	f.rec.Phase, f.rec.Updated, f.due = phase, time.Now().UTC(), f.due || !same
 	f.mu.Unlock()
+	if same {
+		return // a new detail of the same phase is for status, not the fleet
+	}
 	select {
 	case f.wake <- struct{}{}:
 	default:
