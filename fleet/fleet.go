@@ -81,8 +81,11 @@ type Record struct {
 	OK         bool      `json:"ok"`
 	Updated    time.Time `json:"updated"`
 	// Gone is true when the session that published the record is no
-	// more: the node's worker died or its agent is down, so the record
-	// is stale. Set when reading, never written.
+	// more while the record says the node was at work (a phase other
+	// than idle, failed or queued): its worker died, or its agent went
+	// down, mid-action, so the record is stale. A worker that exits after
+	// its work leaves a resting record, which is not gone. Set when
+	// reading, never written.
 	Gone bool `json:"gone"`
 }
 
@@ -175,8 +178,8 @@ func (f *Fleet) pauseKey(global bool) string {
 }
 
 // Publish writes this node's record, held by session: when the session
-// goes (the worker died, the node's agent is down), the record stays but
-// reads as Gone.
+// goes (the worker died, the node's agent is down) while the node was at
+// work, the record stays but reads as Gone.
 func (f *Fleet) Publish(ctx context.Context, session string, r Record) error {
 	r.Gone = false
 	value, err := json.Marshal(r)
@@ -223,7 +226,7 @@ func recordsOf(pairs api.KVPairs, dir string) []Record {
 			r = Record{Phase: "unreadable", LastResult: err.Error()}
 		}
 		r.Node = node
-		r.Gone = p.Session == ""
+		r.Gone = p.Session == "" && !Resting(r.Phase)
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })

@@ -210,3 +210,29 @@ func TestSummaryFailedAndHalted(t *testing.T) {
 		t.Fatalf("empty Summary = %q", got)
 	}
 }
+
+// A record left by a worker that exited after its work is not gone; one
+// left mid-action is.
+func TestRestingRecordIsNotGone(t *testing.T) {
+	f, c := newFleet(t)
+	ctx := context.Background()
+	idle, busy := session(t, c), session(t, c)
+	if err := f.Publish(ctx, idle, Record{Node: "web-1", Phase: PhaseIdle, OK: true, LastResult: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Publish(ctx, busy, Record{Node: "web-2", Phase: "gating"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{idle, busy} {
+		if _, err := c.Session().Destroy(s, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := f.Records(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 || recs[0].Gone || !recs[1].Gone {
+		t.Fatalf("records = %+v, want web-1 resting and web-2 gone", recs)
+	}
+}

@@ -13,8 +13,16 @@ import (
 const (
 	PhaseIdle    = "idle"
 	PhaseFailed  = "failed"
+	PhaseQueued  = "queued"
 	PhaseRunning = "running"
 )
+
+// Resting reports whether a phase is one a node rests in between runs
+// (idle, failed, queued): a record in such a phase that no session holds
+// any more is a worker that exited after its work, not one that died.
+func Resting(phase string) bool {
+	return phase == PhaseIdle || phase == PhaseFailed || phase == PhaseQueued
+}
 
 // Rollout is the fleet-wide view of one action.
 type Rollout struct {

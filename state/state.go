@@ -37,6 +37,12 @@ type State struct {
 	// the next one that does. exec and register do not start another
 	// worker soon after one failed, and status shows it.
 	WorkerFailure *WorkerFailure `json:"worker_failure,omitempty"`
+
+	// RecordsSession is the Consul session that holds this node's fleet
+	// records while its worker runs: a worker that finds one left by a
+	// dead predecessor destroys it, so that its records read gone at once
+	// and the session does not linger until its TTL runs out.
+	RecordsSession string `json:"records_session,omitempty"`
 }
 
 // WorkerFailure records a worker that could not start.

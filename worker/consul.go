@@ -159,7 +159,7 @@ type ConsulRunner struct {
 // that the current settings make a client: a bad CA file, for one, is a
 // configuration error, reported at start rather than on every try.
 func NewConsulRunner(store *state.Store) (*ConsulRunner, error) {
-	r := &ConsulRunner{store: store, own: consulEnv(os.Environ()), records: newRecords(hclog.NewNullLogger())}
+	r := &ConsulRunner{store: store, own: consulEnv(os.Environ()), records: newRecords(store, hclog.NewNullLogger())}
 	if _, _, err := r.current(); err != nil {
 		return nil, err
 	}
@@ -308,13 +308,11 @@ func (r *ConsulRunner) Publish(ctx context.Context, prefix string, rec fleet.Rec
 	return r.records.publish(ctx, client, prefix, rec)
 }
 
-// Close hands this node's records over to its idle session and destroys
-// the worker's session. Call it when the worker has stopped.
+// Close destroys the worker's session for the rollout view; the records
+// stay, in the resting phase each run published last. Call it when the
+// worker has stopped.
 func (r *ConsulRunner) Close() {
-	r.mu.Lock()
-	node := r.node
-	r.mu.Unlock()
-	r.records.close(node)
+	r.records.close()
 }
 
 // Reclaim implements Runner with the newest settings.

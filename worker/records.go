@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"ct-supervise/fleet"
+	"ct-supervise/state"
 )
 
 // Publisher is implemented by a Runner that publishes this node's record
@@ -21,8 +22,9 @@ type Publisher interface {
 }
 
 // recordSessionTTL is the TTL of the session that holds a running
-// worker's records: a worker killed mid-action leaves records that read
-// "gone" within about twice this. Consul's minimum is 10s.
+// worker's records: if the worker dies and no successor starts to destroy
+// it, its records read "gone" once Consul expires it (within about twice
+// this). Consul's minimum is 10s.
 const recordSessionTTL = "10s"
 
 // publishTimeout bounds one publication.
@@ -32,25 +34,25 @@ const publishTimeout = 10 * time.Second
 // track waits for: with Consul away, the next run must not wait long.
 const finalPublishTimeout = 5 * time.Second
 
-// records holds this node's fleet records in Consul with two sessions:
-// the worker's own (a TTL session renewed while the worker runs,
-// destroyed when it exits), and, once the worker has exited cleanly, an
-// idle session bound only to the agent's node health. So a record reads
-// "gone" when the worker died mid-action or the node's agent is down, not
-// when a worker that had nothing left to do exited.
+// records holds this node's fleet records in Consul with the worker's own
+// session: a TTL session, renewed while the worker runs, destroyed when it
+// exits, its ID kept in the state directory so that a successor destroys
+// it if this worker dies. A record whose session is gone reads "gone"
+// unless it is a resting one (see fleet.Resting): the worker exits after
+// publishing its last result.
 type records struct {
-	log hclog.Logger
+	log   hclog.Logger
+	store *state.Store
 
 	mu     sync.Mutex
 	client *api.Client
-	id     string          // the worker session, "" until needed
-	stop   chan struct{}   // closed to end the renewal (which destroys it)
-	ended  chan struct{}   // closed when the renewal has ended
-	held   map[string]bool // prefixes whose record this worker published
+	id     string        // the worker session, "" until needed
+	stop   chan struct{} // closed to end the renewal (which destroys it)
+	ended  chan struct{} // closed when the renewal has ended
 }
 
-func newRecords(log hclog.Logger) *records {
-	return &records{log: log, held: map[string]bool{}}
+func newRecords(store *state.Store, log hclog.Logger) *records {
+	return &records{store: store, log: log}
 }
 
 // session returns the worker session on client, creating it (and
@@ -66,6 +68,7 @@ func (rs *records) session(ctx context.Context, client *api.Client, node string)
 		}
 	}
 	rs.endLocked()
+	rs.destroyLeftover(ctx, client)
 	id, _, err := client.Session().Create(&api.SessionEntry{
 		Name:      "ct-supervise worker " + node,
 		TTL:       recordSessionTTL,
@@ -83,11 +86,41 @@ func (rs *records) session(ctx context.Context, client *api.Client, node string)
 			rs.log.Warn("the worker's session for the rollout view ended; a new one is made at the next publication", "error", err)
 		}
 	}(rs.stop, rs.ended)
+	rs.remember(id)
 	return id, nil
 }
 
-// endLocked ends the current worker session, if any, and waits a little
-// for its destruction.
+// destroyLeftover destroys the records session a dead predecessor left
+// (or the one this worker lost), as recorded in the state directory.
+func (rs *records) destroyLeftover(ctx context.Context, client *api.Client) {
+	if rs.store == nil {
+		return
+	}
+	st, err := rs.store.Load()
+	if err != nil || st.RecordsSession == "" {
+		return
+	}
+	if _, err := client.Session().Destroy(st.RecordsSession, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		rs.log.Debug("could not destroy the records session left behind", "session", st.RecordsSession, "error", err)
+	}
+}
+
+// remember records id (empty: none) in the state directory.
+func (rs *records) remember(id string) {
+	if rs.store == nil {
+		return
+	}
+	err := rs.store.Update(func(st *state.State) error {
+		st.RecordsSession = id
+		return nil
+	})
+	if err != nil {
+		rs.log.Warn("could not record the records session", "error", err)
+	}
+}
+
+// endLocked ends the current worker session, if any: closing stop makes
+// the renewal destroy it. It waits a little for that.
 func (rs *records) endLocked() {
 	if rs.id == "" {
 		return
@@ -100,8 +133,7 @@ func (rs *records) endLocked() {
 	rs.id = ""
 }
 
-// publish writes r under prefix with the worker session, taking the key
-// back from this node's idle session if that holds it.
+// publish writes r under prefix with the worker session.
 func (rs *records) publish(ctx context.Context, client *api.Client, prefix string, r fleet.Record) error {
 	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
@@ -109,92 +141,20 @@ func (rs *records) publish(ctx context.Context, client *api.Client, prefix strin
 	if err != nil {
 		return err
 	}
-	f := fleet.New(client, prefix)
-	err = f.Publish(ctx, id, r)
-	if err != nil {
-		// Held by this node's idle session since the last worker exited:
-		// release it from there and try once more.
-		key := f.NodeKey(r.Node)
-		q := (&api.QueryOptions{}).WithContext(ctx)
-		if pair, _, gerr := client.KV().Get(key, q); gerr == nil && pair != nil && pair.Session != "" {
-			if s, _, ierr := client.Session().Info(pair.Session, q); ierr == nil && s != nil && s.Name == idleSessionName(r.Node) {
-				_, _, _ = client.KV().Release(&api.KVPair{Key: key, Session: s.ID}, (&api.WriteOptions{}).WithContext(ctx))
-				err = f.Publish(ctx, id, r)
-			}
-		}
-	}
-	if err == nil {
-		rs.mu.Lock()
-		rs.held[prefix] = true
-		rs.mu.Unlock()
-	}
-	return err
+	return fleet.New(client, prefix).Publish(ctx, id, r)
 }
 
-// close hands every record the worker published over to this node's idle
-// session and destroys the worker session. node is this node's name.
-func (rs *records) close(node string) {
+// close destroys the worker session: the records stay, released, with
+// the resting phase each run published last. Call it when the worker has
+// stopped.
+func (rs *records) close() {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	if rs.id == "" {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
-	defer cancel()
-	idle, err := idleSession(ctx, rs.client, rs.id, node)
-	if err != nil {
-		rs.log.Warn("the rollout view will show this node as gone until its next action", "error", err)
-	}
-	for prefix := range rs.held {
-		if idle == "" {
-			break
-		}
-		key := fleet.New(rs.client, prefix).NodeKey(node)
-		pair, _, err := rs.client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
-		if err != nil || pair == nil || pair.Session != rs.id {
-			continue
-		}
-		w := (&api.WriteOptions{}).WithContext(ctx)
-		if _, _, err := rs.client.KV().Release(&api.KVPair{Key: key, Session: rs.id}, w); err != nil {
-			continue
-		}
-		if ok, _, err := rs.client.KV().Acquire(&api.KVPair{Key: key, Value: pair.Value, Session: idle}, w); err != nil || !ok {
-			rs.log.Debug("could not hand the record over to the idle session", "key", key, "error", err)
-		}
-	}
 	rs.endLocked()
-}
-
-// idleSessionName names this node's idle session.
-func idleSessionName(node string) string { return "ct-supervise records " + node }
-
-// idleSession finds this node's idle session on the agent's node (the
-// node of the worker session), making it if there is none. It has no TTL
-// and only the node's health check: it lasts while the agent does.
-func idleSession(ctx context.Context, client *api.Client, workerSession, node string) (string, error) {
-	q := (&api.QueryOptions{}).WithContext(ctx)
-	own, _, err := client.Session().Info(workerSession, q)
-	if err != nil || own == nil {
-		return "", fmt.Errorf("reading the worker's session: %v", err)
-	}
-	list, _, err := client.Session().Node(own.Node, q)
-	if err != nil {
-		return "", fmt.Errorf("listing the node's sessions: %w", err)
-	}
-	for _, s := range list {
-		if s.Name == idleSessionName(node) {
-			return s.ID, nil
-		}
-	}
-	id, _, err := client.Session().Create(&api.SessionEntry{
-		Name:      idleSessionName(node),
-		Behavior:  api.SessionBehaviorRelease,
-		LockDelay: time.Millisecond,
-	}, (&api.WriteOptions{}).WithContext(ctx))
-	if err != nil {
-		return "", fmt.Errorf("creating the node's idle session: %w", err)
-	}
-	return id, nil
+	rs.remember("")
 }
 
 // feed publishes one run's records in the background, so that a phase

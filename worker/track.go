@@ -179,9 +179,9 @@ func (w *worker) run(t *track, b begunRun) error {
 
 // Phases a node's record shows between runs, besides the pipeline's.
 const (
-	phaseIdle   = "idle"   // the last run finished; no retry is due
-	phaseFailed = "failed" // given up until a new request
-	phaseQueued = "queued" // a retry or the next worker runs it
+	phaseIdle   = fleet.PhaseIdle   // the last run finished; no retry is due
+	phaseFailed = fleet.PhaseFailed // given up until a new request
+	phaseQueued = fleet.PhaseQueued // a retry or the next worker runs it
 )
 
 func finalPhase(out state.Outcome, a state.Action) string {
