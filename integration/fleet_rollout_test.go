@@ -277,6 +277,16 @@ func TestRolloutJSONShowsGoneNodes(t *testing.T) {
 	client := consulClient(t)
 	name := "fleet-view"
 	t.Cleanup(func() { _, _ = client.KV().DeleteTree("ct-supervise/"+name+fleetkv.Suffix+"/", nil) })
+	// The killed worker leaves its lock session (no successor reclaims
+	// it here) and maybe its records session: later tests count sessions.
+	t.Cleanup(func() {
+		all, _, _ := client.Session().List(nil)
+		for _, s := range all {
+			if s.Name == "ct-supervise "+name || s.Name == "ct-supervise worker node-3" {
+				_, _ = client.Session().Destroy(s.ID, nil)
+			}
+		}
+	})
 	nodes := []*node{newNode(t, "node-1"), newNode(t, "node-2"), newNode(t, "node-3")}
 	for _, n := range nodes[:2] {
 		declare(t, n, name, "-version=v7", "true")
