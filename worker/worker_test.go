@@ -461,7 +461,20 @@ func TestRecoverStopsOrphanAndReclaims(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// b's pid is ours, with a start time that does not match: pid reuse.
+	// b's recorded pid now names another process (a start time that does
+	// not match: pid reuse), which must be left alone.
+	other := exec.Command("sleep", "60")
+	other.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	otherExited := make(chan struct{})
+	go func() { _ = other.Wait(); close(otherExited) }()
+	t.Cleanup(func() { _ = other.Process.Kill() })
+	otherStart, err := processStartTime(other.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	err = s.Update(func(st *state.State) error {
 		for _, n := range []string{"a", "b"} {
 			if _, _, err := st.Begin(n); err != nil {
@@ -472,7 +485,7 @@ func TestRecoverStopsOrphanAndReclaims(t *testing.T) {
 		st.Acquired("a")
 		st.RecordChild("a", orphan.Process.Pid, start)
 		st.Acquired("b")
-		st.RecordChild("b", orphan.Process.Pid, start+1)
+		st.RecordChild("b", other.Process.Pid, otherStart+1)
 		return nil
 	})
 	if err != nil {
@@ -490,6 +503,11 @@ func TestRecoverStopsOrphanAndReclaims(t *testing.T) {
 	}
 	if len(f.reclaims) != 2 {
 		t.Fatalf("reclaims = %v, want both dead sessions", f.reclaims)
+	}
+	select {
+	case <-otherExited:
+		t.Fatal("a process that only reuses a recorded pid was signalled")
+	default:
 	}
 	for _, n := range []string{"a", "b"} {
 		if a := action(t, s, n); a.Last == nil || !a.Last.OK || f.triesOf(n) != 1 {
