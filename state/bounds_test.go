@@ -70,10 +70,8 @@ func TestStateStaysBoundedAndRegisterCheap(t *testing.T) {
 	if fi2 := statState(t, s); !fi2.ModTime().Equal(fi.ModTime()) {
 		t.Fatal("an unchanged register rewrote the state file")
 	}
-	// Generous for a loaded 2-core machine: this took 0.6 s before.
-	if worst > 200*time.Millisecond && !raceDetector {
-		t.Fatalf("an unchanged register of 1,000 actions took %s", worst)
-	}
+	// How long it takes is make bench's row 1b (speed targets live there,
+	// never in tests); logged here for whoever reads the output.
 	t.Logf("unchanged register with 1,000 actions: at worst %s", worst)
 }
 
