@@ -69,16 +69,16 @@ func (f *fleetFlags) bind(fs *flag.FlagSet, all bool) {
 
 // target parses the NAME argument (none with -all) and returns the fleet
 // records to act on.
-func (f *fleetFlags) target(fs *flag.FlagSet) (name string, fl *fleet.Fleet, prefix string, err error) {
+func (f *fleetFlags) target(args []string) (name string, fl *fleet.Fleet, prefix string, err error) {
 	switch {
-	case f.all && fs.NArg() > 0:
+	case f.all && len(args) > 0:
 		return "", nil, "", fmt.Errorf("give either -all or a NAME, not both")
 	case f.all:
 		name = ""
-	case fs.NArg() != 1:
-		return "", nil, "", fmt.Errorf("expected one action NAME, got %d arguments", fs.NArg())
+	case len(args) != 1:
+		return "", nil, "", fmt.Errorf("expected one action NAME, got %d arguments", len(args))
 	default:
-		name = fs.Arg(0)
+		name = args[0]
 		if err := plugin.CheckName(name); err != nil {
 			return "", nil, "", err
 		}
@@ -92,6 +92,22 @@ func (f *fleetFlags) target(fs *flag.FlagSet) (name string, fl *fleet.Fleet, pre
 		prefix = f.declaredPrefix(name)
 	}
 	return name, fleet.New(client, prefix), prefix, nil
+}
+
+// parseFleetArgs parses flags written before or after NAME, as operators
+// type them (`pause web -reason "db migration"`), and returns the
+// arguments that are not flags.
+func (c *CLI) parseFleetArgs(fs *flag.FlagSet, cmd, usage string, args []string) (names []string, code int, done bool) {
+	for {
+		if code, done := c.parseFlags(fs, cmd, usage, args); done {
+			return nil, code, true
+		}
+		if fs.NArg() == 0 {
+			return names, 0, false
+		}
+		names = append(names, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }
 
 // declaredPrefix is the prefix the local state directory's declaration of
@@ -134,10 +150,11 @@ func (c *CLI) pauseCommand(args []string) int {
 	var ff fleetFlags
 	ff.bind(fs, true)
 	reason := fs.String("reason", "", "why, shown by status and rollout on every node")
-	if code, done := c.parseFlags(fs, cmd, pauseUsage, args); done {
+	names, code, done := c.parseFleetArgs(fs, cmd, pauseUsage, args)
+	if done {
 		return code
 	}
-	name, fl, prefix, err := ff.target(fs)
+	name, fl, prefix, err := ff.target(names)
 	if err != nil {
 		return c.usageError(cmd, err)
 	}
@@ -161,10 +178,11 @@ func (c *CLI) resumeCommand(args []string) int {
 	fs := newFlagSet(cmd)
 	var ff fleetFlags
 	ff.bind(fs, true)
-	if code, done := c.parseFlags(fs, cmd, resumeUsage, args); done {
+	names, code, done := c.parseFleetArgs(fs, cmd, resumeUsage, args)
+	if done {
 		return code
 	}
-	name, fl, prefix, err := ff.target(fs)
+	name, fl, prefix, err := ff.target(names)
 	if err != nil {
 		return c.usageError(cmd, err)
 	}
@@ -209,10 +227,11 @@ func (c *CLI) rolloutCommand(args []string) int {
 	ff.bind(fs, false)
 	asJSON := fs.Bool("json", false, "print JSON")
 	watch := fs.Bool("watch", false, "redraw on every change, until interrupted")
-	if code, done := c.parseFlags(fs, cmd, rolloutUsage, args); done {
+	names, code, done := c.parseFleetArgs(fs, cmd, rolloutUsage, args)
+	if done {
 		return code
 	}
-	name, fl, prefix, err := ff.target(fs)
+	name, fl, prefix, err := ff.target(names)
 	if err != nil {
 		return c.usageError(cmd, err)
 	}

@@ -38,8 +38,11 @@ the next argument while the data is missing. A lone JSON object argument
 is the deprecated spelling of -json.
 
 JSON keys: name, command, n, prefix, try (alias timeout), monitor_retry,
-shell, command_timeout, max_attempts. Values may be strings ("2"), not
-booleans where a number or a string is expected.
+shell, command_timeout, max_attempts, pass_token, check, wait_healthy,
+health_timeout, health_settle, maint, drain, hold, splay, on_failure,
+unless_critical, version. command, check and pass_token only with
+-allow-data-commands. Values may be strings ("2"), not booleans where a
+number or a string is expected.
 
 Flags:
 `

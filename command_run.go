@@ -37,7 +37,7 @@ Exit status: COMMAND's own, or 64 bad usage, 65 -check failed,
 69 Consul unreachable, 70 internal error, 75 not started within -try,
 76 lock lost, 77 permission denied, 78 -n differs from other holders,
 79 not healthy within -health-timeout, 124 -command-timeout exceeded,
-130 interrupted.
+126 command not executable, 127 command not found, 130 interrupted.
 
 Several arguments are an argument vector: each reaches the program as
 given (with the shell, each is quoted). Write shell syntax as one argument:
@@ -72,7 +72,7 @@ func (c *CLI) runCommand(args []string) int {
 	if err != nil {
 		// Settings that make no client (a CA file that cannot be read) are
 		// configuration, not usage: no -h hint would help.
-		return c.errorf(cmd, lockexec.ExitConfig, "%v", err)
+		return c.errorf(cmd, exitcode.Config, "%v", err)
 	}
 	log := newLogger(cmd, *verbose, c.stderr)
 

@@ -12,7 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"ct-supervise/lockexec"
+	"ct-supervise/exitcode"
 	"ct-supervise/state"
 	"ct-supervise/worker"
 )
@@ -212,11 +212,11 @@ func appendWorkerLog(store *state.Store, cmd, msg string, args ...any) {
 // workerStartFailed reports a worker that cannot start where a detached
 // one can be heard: its log (when log is not nil) and the state, which
 // status shows and which keeps exec and register from starting another
-// at once. Bad Consul settings exit ExitConfig.
+// at once. Bad Consul settings exit exitcode.Config.
 func (c *CLI) workerStartFailed(store *state.Store, log hclog.Logger, err error) int {
 	code := ExitError
 	if errors.Is(err, worker.ErrConsulConfig) {
-		code = lockexec.ExitConfig
+		code = exitcode.Config
 	}
 	if log != nil {
 		log.Error("worker cannot start", "error", err)

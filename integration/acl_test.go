@@ -142,6 +142,13 @@ func TestEverySubcommandWorksWithTheREADMEPolicy(t *testing.T) {
 	n.env = append(base, "CONSUL_HTTP_TOKEN_FILE="+tokenFile)
 	keep(n.mustRun("forget", "nginx"))
 
+	// The fleet's switches and view, for one action and for all.
+	keep(n.mustRun("pause", "acl-lock", "-reason", "acl test"))
+	keep(n.mustRun("rollout", "-json", "acl-lock"))
+	keep(n.mustRun("resume", "acl-lock"))
+	keep(n.mustRun("pause", "-all"))
+	keep(n.mustRun("resume", "-all"))
+
 	for _, f := range []string{lockEnv, semEnv, queuedEnv} {
 		b, err := os.ReadFile(f)
 		if err != nil {

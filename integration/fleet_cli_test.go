@@ -25,7 +25,7 @@ func TestPauseResumeRollout(t *testing.T) {
 		_, _ = client.KV().Delete(fleetkv.GlobalPauseKey, nil)
 	})
 
-	r := n.mustRun("pause", "-reason", "db migration", "fleet-cli")
+	r := n.mustRun("pause", "fleet-cli", "-reason", "db migration") // flags after NAME, as operators type them
 	if !strings.Contains(r.stdout, `paused "fleet-cli"`) {
 		t.Fatalf("pause said %q", r.stdout)
 	}

@@ -13,7 +13,7 @@ const (
 	ExitLockLost          = 76  // lock lost while the command ran; it was terminated
 	ExitPermissionDenied  = 77  // Consul's ACLs refused a request (EX_NOPERM)
 	ExitLimitMismatch     = 78  // another holder uses the prefix with another -n (EX_CONFIG)
-	ExitTimeout           = 124 // the command ran past -timeout, as timeout(1) reports it
+	ExitTimeout           = 124 // the command ran past -command-timeout, as timeout(1) reports it
 	ExitNotExecutable     = 126 // the command exists but cannot be executed, as shells report it
 	ExitNotFound          = 127 // the command does not exist, as shells report it
 	ExitInterrupted       = 130 // interrupted by a signal before the command finished

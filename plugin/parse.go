@@ -64,7 +64,7 @@ func (d *Declaration) BindFlags(fs *flag.FlagSet) {
 	fs.Var(durationFlag{&d.Try}, "timeout",
 		"alias of -try: the lock wait, as in consul lock, a `duration` (the command's own limit is -command-timeout)")
 	fs.IntVar(&d.MonitorRetry, "monitor-retry", d.MonitorRetry,
-		"number of Consul errors to ride out while holding the lock (0: none)")
+		"number of refused connections to the agent to ride out while holding the lock, 1s apart (0: none); Consul's transient errors are ridden out as long as the fence allows")
 	fs.BoolVar(&d.Shell, "shell", d.Shell,
 		"run the command through /bin/sh -c (write -shell=false: a boolean flag takes its value after \"=\")")
 	fs.Var(durationFlag{&d.CommandTimeout}, "command-timeout",
