@@ -568,3 +568,33 @@ func TestWorkerStopStopsEveryTrack(t *testing.T) {
 		t.Errorf("long's lock is still held: %+v %v", p, err)
 	}
 }
+
+// A halted action (its rollout stopped by another node's failure) waits
+// on its own track: the node's other actions run as if it were not there,
+// and it runs once the halt is lifted.
+func TestHaltedActionHoldsUpNoOthers(t *testing.T) {
+	n := newNode(t, "node1")
+	n.logOnFailure()
+	client := consulClient(t)
+	dir := t.TempDir()
+	markA, markB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	n.mustRun("register", "-name=a", "-prefix=halted/a", "echo ran >> "+markA)
+	n.mustRun("register", "-name=b", "-prefix=halted/b", "echo ran >> "+markB)
+	halt, err := json.Marshal(map[string]any{"node": "web-2", "reason": "exit 1", "at": time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = client.KV().DeleteTree("halted/a.fleet/", nil) })
+	if _, err := client.KV().Put(&api.KVPair{Key: "halted/a.fleet/halt", Value: halt}, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	n.mustRun("exec", "a", "b")
+	waitFor(t, 20*time.Second, "b to run while a is halted", func() bool { return len(lines(markB)) == 1 })
+	waitFor(t, 20*time.Second, "a to show as halted", func() bool { return n.actionStates()["a"] == "halted" })
+	if len(lines(markA)) != 0 {
+		t.Fatal("a ran while its rollout was halted")
+	}
+	n.mustRun("resume", "-prefix=halted/a", "a")
+	waitFor(t, 20*time.Second, "a to run once resumed", func() bool { return len(lines(markA)) == 1 })
+}
