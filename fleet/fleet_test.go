@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -16,32 +15,13 @@ import (
 var agent *devconsul.Agent
 
 func TestMain(m *testing.M) {
-	os.Exit(testMain(m))
-}
-
-func testMain(m *testing.M) int {
-	var err error
-	agent, err = devconsul.MainAgent()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "starting consul: %v\n", err)
-		return 1
-	}
-	if agent != nil {
-		defer agent.Stop()
-	}
-	return m.Run()
+	os.Exit(devconsul.RunPackage(m, &agent))
 }
 
 // newFleet returns the fleet of a prefix unique to the test.
 func newFleet(t *testing.T) (*Fleet, *api.Client) {
 	t.Helper()
-	if agent == nil {
-		devconsul.MissingOrFatal(t, devconsul.ErrNoBinary)
-	}
-	c, err := agent.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := devconsul.SharedClient(t, agent)
 	prefix := "test/" + strings.ReplaceAll(t.Name(), "/", "-")
 	t.Cleanup(func() { _, _ = c.KV().DeleteTree(prefix, nil) })
 	return New(c, prefix), c
