@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"ct-supervise/internal/ctxsleep"
 )
 
 // retryWait is the pause after a failed read while waiting: a Consul
@@ -53,7 +55,7 @@ func (f *Fleet) WaitClearFor(ctx context.Context, node string, onBlocked func(wh
 		}
 		last = why
 		if err != nil {
-			if err := sleep(ctx, retryWait); err != nil {
+			if err := ctxsleep.Sleep(ctx, retryWait); err != nil {
 				return err
 			}
 			continue
@@ -86,7 +88,7 @@ func (f *Fleet) watch(ctx context.Context, key string, changed chan<- struct{}) 
 		_, meta, err := f.client.KV().List(key, q)
 		if err != nil {
 			index = 0
-			if sleep(ctx, retryWait) != nil {
+			if ctxsleep.Sleep(ctx, retryWait) != nil {
 				return
 			}
 			continue
@@ -101,16 +103,5 @@ func (f *Fleet) watch(ctx context.Context, key string, changed chan<- struct{}) 
 		default:
 		}
 		index = meta.LastIndex
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }

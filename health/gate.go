@@ -17,6 +17,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"ct-supervise/internal/ctxsleep"
 )
 
 // Defaults used when the matching Options field is zero.
@@ -193,10 +195,8 @@ func watch(ctx context.Context, client *api.Client, service, filter string, out 
 				return
 			}
 			index = 0
-			select {
-			case <-ctx.Done():
+			if ctxsleep.Sleep(ctx, retryWait) != nil {
 				return
-			case <-time.After(retryWait):
 			}
 			continue
 		}
