@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"ct-supervise/internal/blocking"
 	"ct-supervise/internal/ctxsleep"
 )
 
@@ -84,8 +85,10 @@ func (f *Fleet) Changes(ctx context.Context) <-chan struct{} {
 func (f *Fleet) watch(ctx context.Context, key string, changed chan<- struct{}) {
 	var index uint64
 	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(ctx)
+		rctx, cancel := blocking.Context(ctx, blockingWait)
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(rctx)
 		_, meta, err := f.client.KV().List(key, q)
+		cancel()
 		if err != nil {
 			index = 0
 			if ctxsleep.Sleep(ctx, retryWait) != nil {
