@@ -46,7 +46,7 @@ const (
 	blockingWait = time.Minute
 )
 
-// ErrHalted and ErrPaused describe why an action does not start. WaitClear
+// ErrHalted and ErrPaused describe why an action does not start. WaitClearFor
 // does not return them (it waits); callers use them in status text.
 var (
 	ErrHalted = errors.New("rollout halted")

@@ -86,9 +86,9 @@ func TestPauseOwnAndGlobal(t *testing.T) {
 	}
 }
 
-// WaitClear waits while a halt or a pause stands and returns promptly once
+// WaitClearFor waits while a halt or a pause stands and returns promptly once
 // both are gone.
-func TestWaitClear(t *testing.T) {
+func TestWaitClearFor(t *testing.T) {
 	f, _ := newFleet(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -100,7 +100,7 @@ func TestWaitClear(t *testing.T) {
 	}
 	reasons := make(chan string, 10)
 	done := make(chan error, 1)
-	go func() { done <- f.WaitClear(ctx, func(why string) { reasons <- why }) }()
+	go func() { done <- f.WaitClearFor(ctx, "", func(why string) { reasons <- why }) }()
 
 	if why := <-reasons; !strings.Contains(why, "rollout halted by web-2: boom") {
 		t.Fatalf("first reason %q, want the halt", why)
@@ -114,9 +114,9 @@ func TestWaitClear(t *testing.T) {
 			t.Fatalf("second reason %q, want the pause", why)
 		}
 	case err := <-done:
-		t.Fatalf("WaitClear returned %v while still paused", err)
+		t.Fatalf("WaitClearFor returned %v while still paused", err)
 	case <-time.After(30 * time.Second):
-		t.Fatal("WaitClear did not notice the halt going")
+		t.Fatal("WaitClearFor did not notice the halt going")
 	}
 	if _, err := f.ClearPause(ctx, false); err != nil {
 		t.Fatal(err)
@@ -124,10 +124,10 @@ func TestWaitClear(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("WaitClear = %v", err)
+			t.Fatalf("WaitClearFor = %v", err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("WaitClear did not return once clear")
+		t.Fatal("WaitClearFor did not return once clear")
 	}
 }
 

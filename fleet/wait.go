@@ -11,21 +11,16 @@ import (
 )
 
 // retryWait is the pause after a failed read while waiting: a Consul
-// outage makes WaitClear wait longer, never give up.
+// outage makes WaitClearFor wait longer, never give up.
 const retryWait = time.Second
 
-// WaitClear returns once neither a halt nor a pause (the action's own or
-// the global one) stops the action, or with ctx's error, or with the error
-// of a first read that failed (later read errors are waited out). While it
-// waits it tells onBlocked why, each time that changes. It watches both
-// places with blocking queries, so it returns within a round trip of the
-// switch being cleared.
-func (f *Fleet) WaitClear(ctx context.Context, onBlocked func(why string)) error {
-	return f.WaitClearFor(ctx, "", onBlocked)
-}
-
-// WaitClearFor is WaitClear for node: a halt that node set itself does not
-// hold it (see Rollout.BlockedFor).
+// WaitClearFor returns once neither a halt nor a pause (the action's own
+// or the global one) stops node's action, or with ctx's error, or with the
+// error of a first read that failed (later read errors are waited out). A
+// halt that node set itself does not hold it (see Rollout.BlockedFor); an
+// empty node is held by any halt. While it waits it tells onBlocked why,
+// each time that changes. It watches both places with blocking queries, so
+// it returns within a round trip of the switch being cleared.
 func (f *Fleet) WaitClearFor(ctx context.Context, node string, onBlocked func(why string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
