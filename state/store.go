@@ -411,22 +411,16 @@ const (
 	maxRejectionMessage = 512
 )
 
-// RecordError records a rejected declaration's message under name ("" when
-// no name could be read), leaving any good declaration of that name as it
-// is but marking it pending: the render goes on with the last good
+// RecordRejection records a rejected declaration's message under name (""
+// when no name could be read), leaving any good declaration of that name as
+// it is but marking it pending: the render goes on with the last good
 // declaration, so the render's exec must run it as a good one would have
 // been. The name is cut to plugin.MaxNameLength and the message to 512
 // bytes, and only the MaxRejections most recent rejections are kept. At is
 // when the message was first recorded: the same rejection repeated on
-// every render writes nothing, unless exec has reported it since.
-func (s *Store) RecordError(name, message string, now time.Time) error {
-	_, err := s.RecordRejection(name, message, now)
-	return err
-}
-
-// RecordRejection is RecordError, also reporting whether the rejection is
-// news: not recorded before with this message, or reported since. Callers
-// log it once, not on every render pass.
+// every render writes nothing, unless exec has reported it since. news
+// reports whether the rejection is news: not recorded before with this
+// message, or reported since. Callers log it once, not on every render pass.
 func (s *Store) RecordRejection(name, message string, now time.Time) (news bool, err error) {
 	name = truncate(strings.ToValidUTF8(name, "\uFFFD"), plugin.MaxNameLength)
 	// JSON would replace invalid UTF-8 on the way to disk, and the entry
