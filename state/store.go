@@ -292,7 +292,7 @@ type stateSkim struct {
 	Errors  map[string]DeclError  `json:"errors"`
 }
 
-// actionSkim holds what alreadyRegistered and QueueLen read of an Action;
+// actionSkim holds what registered and QueueLen read of an Action;
 // QueueLen's count must stay Action.Queued's rule.
 type actionSkim struct {
 	Declaration json.RawMessage `json:"declaration"`

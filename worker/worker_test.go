@@ -154,8 +154,8 @@ func action(t *testing.T, s *state.Store, name string) *state.Action {
 	return st.Actions[name]
 }
 
-// runWorker runs a worker in the background; the returned function
-// cancels it and waits for Run's error.
+// bgWorker is a worker startWorker runs in the background; the test's
+// cleanup cancels it and waits for Run to return.
 type bgWorker struct {
 	cancel context.CancelFunc
 	done   chan error

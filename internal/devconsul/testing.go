@@ -26,9 +26,9 @@ func MissingOrFatal(t TB, err error) {
 	t.Fatalf("starting consul: %v", err)
 }
 
-// MainAgent starts one agent for a whole test package from TestMain. It
-// returns the agent and a stop function; a nil agent with a nil error means
-// "no binary, not in CI": the caller should let tests skip.
+// MainAgent starts one agent for a whole test package from TestMain (see
+// RunPackage); the caller stops it. A nil agent with a nil error means "no
+// binary, not in CI": the caller should let tests skip.
 func MainAgent() (*Agent, error) {
 	a, err := Start(Options{})
 	if err == ErrNoBinary && os.Getenv("CI") != "true" {
