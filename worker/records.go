@@ -153,8 +153,27 @@ func (rs *records) close() {
 	if rs.id == "" {
 		return
 	}
+	id := rs.id
 	rs.endLocked()
-	rs.remember("")
+	rs.forget(id)
+}
+
+// forget clears the recorded session if it is still id. close runs after
+// the worker let go of the state directory: a successor may have recorded
+// its own session since, which is not ours to clear.
+func (rs *records) forget(id string) {
+	if rs.store == nil {
+		return
+	}
+	err := rs.store.Update(func(st *state.State) error {
+		if st.RecordsSession == id {
+			st.RecordsSession = ""
+		}
+		return nil
+	})
+	if err != nil {
+		rs.log.Warn("could not record the records session", "error", err)
+	}
 }
 
 // feed publishes one run's records in the background, so that a phase
