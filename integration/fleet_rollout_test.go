@@ -160,7 +160,7 @@ func declare(t *testing.T, n *node, name string, args ...string) {
 }
 
 // lastOK reports whether the node's last try of the action succeeded.
-func lastOK(t *testing.T, n *node, name string) bool {
+func lastOK(n *node, name string) bool {
 	st := n.status()
 	for _, a := range st["actions"].([]any) {
 		m := a.(map[string]any)
@@ -293,7 +293,7 @@ func TestRolloutJSONShowsGoneNodes(t *testing.T) {
 	}
 	for _, n := range nodes[:2] {
 		waitFor(t, 30*time.Second, n.name+" done and its worker gone", func() bool {
-			return lastOK(t, n, name) && n.workerPID() == 0
+			return lastOK(n, name) && n.workerPID() == 0
 		})
 	}
 	declare(t, nodes[2], name, "-version=v8", "sleep 30")
