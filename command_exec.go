@@ -65,29 +65,7 @@ func (c *CLI) execCommand(args []string) int {
 		c.errorf(cmd, ExitOK, "warning: %v; the worker uses the last recorded settings", err)
 	}
 
-	var (
-		tickets    []state.Ticket
-		unknown    []string
-		queued     int
-		rejections map[string]state.DeclError
-	)
-	err = store.Update(func(st *state.State) error {
-		rejections = st.ReportRejections()
-		names := fs.Args()
-		if !*wait && !*strict {
-			names, unknown = splitRegistered(st, names)
-			if len(names) == 0 && len(unknown) > 0 {
-				// Only unknown names: queue nothing (an empty list would
-				// mean every pending action).
-				queued = st.QueueLen()
-				return nil
-			}
-		}
-		var err error
-		tickets, err = st.Enqueue(names, time.Now()) // fails on unknown names
-		queued = st.QueueLen()
-		return err
-	})
+	q, err := enqueue(store, fs.Args(), !*wait && !*strict)
 	if storageFault(err) && !*wait {
 		return c.errorf(cmd, ExitOK, "error: %v; nothing queued, the previous state is kept", err)
 	}
@@ -95,8 +73,8 @@ func (c *CLI) execCommand(args []string) int {
 		return c.errorf(cmd, ExitError, "%v", err)
 	}
 	// consul-template logs our output, not register's warnings.
-	c.warnRejections(cmd, rejections)
-	if len(tickets) == 0 {
+	c.warnRejections(cmd, q.rejections)
+	if len(q.tickets) == 0 {
 		if err := probeWritable(store.Dir()); storageFault(err) && !*wait {
 			return c.errorf(cmd, ExitOK, "error: the state directory refuses writes (%v): this render's declarations were not registered, nothing queued", err)
 		}
@@ -104,11 +82,11 @@ func (c *CLI) execCommand(args []string) int {
 	// consul-template exits when its command fails. A name the render did
 	// not register (its declaration is data that is not there yet) must
 	// not take it down: say so and go on.
-	for _, name := range unknown {
+	for _, name := range q.unknown {
 		c.errorf(cmd, ExitOK, "warning: no action %q is registered in %s; nothing queued for it", name, store.Dir())
 	}
-	log.Debug("queued", "actions", ticketNames(tickets), "queue_length", queued)
-	if queued == 0 {
+	log.Debug("queued", "actions", ticketNames(q.tickets), "queue_length", q.queued)
+	if q.queued == 0 {
 		return ExitOK
 	}
 	if err := c.startWorker(store, *verbose); err != nil {
@@ -123,7 +101,40 @@ func (c *CLI) execCommand(args []string) int {
 	if !*wait {
 		return ExitOK
 	}
-	return c.waitFor(cmd, store, tickets, *waitTimeout, *verbose)
+	return c.waitFor(cmd, store, q.tickets, *waitTimeout, *verbose)
+}
+
+// enqueued is what exec's one state update queued and found.
+type enqueued struct {
+	tickets    []state.Ticket
+	unknown    []string // names skipped as not registered (lenient only)
+	queued     int      // the queue's length after the update
+	rejections map[string]state.DeclError
+}
+
+// enqueue queues the named actions (none named: every pending one) in one
+// state update. lenient skips names no template registered instead of
+// failing on them.
+func enqueue(store *state.Store, names []string, lenient bool) (enqueued, error) {
+	var q enqueued
+	err := store.Update(func(st *state.State) error {
+		q = enqueued{rejections: st.ReportRejections()}
+		known := names
+		if lenient {
+			known, q.unknown = splitRegistered(st, names)
+			if len(known) == 0 && len(q.unknown) > 0 {
+				// Only unknown names: queue nothing (an empty list would
+				// mean every pending action).
+				q.queued = st.QueueLen()
+				return nil
+			}
+		}
+		var err error
+		q.tickets, err = st.Enqueue(known, time.Now()) // fails on unknown names
+		q.queued = st.QueueLen()
+		return err
+	})
+	return q, err
 }
 
 // splitRegistered separates the names of declared actions from the others.

@@ -26,7 +26,7 @@ func TestForgetCommand(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.RecordError("", "no name", time.Now()); err != nil {
+	if _, err := store.RecordRejection("", "no name", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 

@@ -25,6 +25,7 @@ import (
 
 	"ct-supervise/fleet"
 	"ct-supervise/health"
+	"ct-supervise/internal/ctxsleep"
 	"ct-supervise/lockexec"
 )
 
@@ -301,15 +302,13 @@ func (r *runner) acquire(ctx context.Context, res *Result) (*lockexec.Lease, err
 	return lease, err
 }
 
+// sleep waits for d unless ctx ends first, which it reports as
+// lockexec.ErrInterrupted with the cause.
 func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+	if ctxsleep.Sleep(ctx, d) != nil {
 		return fmt.Errorf("%w: %v", lockexec.ErrInterrupted, context.Cause(ctx))
 	}
+	return nil
 }
 
 // NodeEnv is the environment variable that names this node when -node is

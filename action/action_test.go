@@ -37,32 +37,12 @@ func TestMain(m *testing.M) {
 		resp.Body.Close()
 		os.Exit(0)
 	}
-	os.Exit(testMain(m))
-}
-
-func testMain(m *testing.M) int {
-	var err error
-	agent, err = devconsul.MainAgent()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "starting consul: %v\n", err)
-		return 1
-	}
-	if agent != nil {
-		defer agent.Stop()
-	}
-	return m.Run()
+	os.Exit(devconsul.RunPackage(m, &agent))
 }
 
 func client(t *testing.T) *api.Client {
 	t.Helper()
-	if agent == nil {
-		devconsul.MissingOrFatal(t, devconsul.ErrNoBinary)
-	}
-	c, err := agent.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return devconsul.SharedClient(t, agent)
 }
 
 // ledger records when each node's service was down.

@@ -41,11 +41,12 @@ const (
 	// query.
 	requestTimeout = 10 * time.Second
 
-	// blockingWait bounds one blocking query of WaitClear.
+	// blockingWait is the wait of one blocking query of WaitClearFor's
+	// watches; blocking.Context adds its deadline.
 	blockingWait = time.Minute
 )
 
-// ErrHalted and ErrPaused describe why an action does not start. WaitClear
+// ErrHalted and ErrPaused describe why an action does not start. WaitClearFor
 // does not return them (it waits); callers use them in status text.
 var (
 	ErrHalted = errors.New("rollout halted")
@@ -204,7 +205,7 @@ func (f *Fleet) NodeKey(node string) string { return f.dir + nodesDir + node }
 
 // Records returns every node's record, sorted by node name.
 func (f *Fleet) Records(ctx context.Context) ([]Record, error) {
-	pairs, _, err := f.list(ctx, 0)
+	pairs, err := f.list(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -272,26 +273,22 @@ func (f *Fleet) delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// list reads the fleet folder, blocking past index when it is not zero.
-func (f *Fleet) list(ctx context.Context, index uint64) (api.KVPairs, *api.QueryMeta, error) {
-	q := &api.QueryOptions{WaitIndex: index, WaitTime: blockingWait}
-	if index == 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-	}
-	pairs, meta, err := f.client.KV().List(f.dir, q.WithContext(ctx))
+// list reads the fleet folder.
+func (f *Fleet) list(ctx context.Context) (api.KVPairs, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	pairs, _, err := f.client.KV().List(f.dir, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading %q: %w", f.dir, err)
+		return nil, fmt.Errorf("reading %q: %w", f.dir, err)
 	}
-	return pairs, meta, nil
+	return pairs, nil
 }
 
 // Known reports whether anything of the action is in Consul: its lock key
 // or any fleet record. An operator's resume of a name that has none is a
 // typo, not a no-op.
 func (f *Fleet) Known(ctx context.Context, prefix string) (bool, error) {
-	pairs, _, err := f.list(ctx, 0)
+	pairs, err := f.list(ctx)
 	if err != nil || len(pairs) > 0 {
 		return len(pairs) > 0, err
 	}

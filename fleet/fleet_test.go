@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -16,32 +15,13 @@ import (
 var agent *devconsul.Agent
 
 func TestMain(m *testing.M) {
-	os.Exit(testMain(m))
-}
-
-func testMain(m *testing.M) int {
-	var err error
-	agent, err = devconsul.MainAgent()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "starting consul: %v\n", err)
-		return 1
-	}
-	if agent != nil {
-		defer agent.Stop()
-	}
-	return m.Run()
+	os.Exit(devconsul.RunPackage(m, &agent))
 }
 
 // newFleet returns the fleet of a prefix unique to the test.
 func newFleet(t *testing.T) (*Fleet, *api.Client) {
 	t.Helper()
-	if agent == nil {
-		devconsul.MissingOrFatal(t, devconsul.ErrNoBinary)
-	}
-	c, err := agent.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := devconsul.SharedClient(t, agent)
 	prefix := "test/" + strings.ReplaceAll(t.Name(), "/", "-")
 	t.Cleanup(func() { _, _ = c.KV().DeleteTree(prefix, nil) })
 	return New(c, prefix), c
@@ -106,9 +86,9 @@ func TestPauseOwnAndGlobal(t *testing.T) {
 	}
 }
 
-// WaitClear waits while a halt or a pause stands and returns promptly once
+// WaitClearFor waits while a halt or a pause stands and returns promptly once
 // both are gone.
-func TestWaitClear(t *testing.T) {
+func TestWaitClearFor(t *testing.T) {
 	f, _ := newFleet(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -120,7 +100,7 @@ func TestWaitClear(t *testing.T) {
 	}
 	reasons := make(chan string, 10)
 	done := make(chan error, 1)
-	go func() { done <- f.WaitClear(ctx, func(why string) { reasons <- why }) }()
+	go func() { done <- f.WaitClearFor(ctx, "", func(why string) { reasons <- why }) }()
 
 	if why := <-reasons; !strings.Contains(why, "rollout halted by web-2: boom") {
 		t.Fatalf("first reason %q, want the halt", why)
@@ -134,9 +114,9 @@ func TestWaitClear(t *testing.T) {
 			t.Fatalf("second reason %q, want the pause", why)
 		}
 	case err := <-done:
-		t.Fatalf("WaitClear returned %v while still paused", err)
+		t.Fatalf("WaitClearFor returned %v while still paused", err)
 	case <-time.After(30 * time.Second):
-		t.Fatal("WaitClear did not notice the halt going")
+		t.Fatal("WaitClearFor did not notice the halt going")
 	}
 	if _, err := f.ClearPause(ctx, false); err != nil {
 		t.Fatal(err)
@@ -144,10 +124,10 @@ func TestWaitClear(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("WaitClear = %v", err)
+			t.Fatalf("WaitClearFor = %v", err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("WaitClear did not return once clear")
+		t.Fatal("WaitClearFor did not return once clear")
 	}
 }
 

@@ -136,10 +136,6 @@ func (r Rollout) pauseText() string {
 	return fmt.Sprintf("by %s at %s%s: %s", r.Pause.By, r.Pause.At.UTC().Format(time.RFC3339), scope, r.Pause.Reason)
 }
 
-// Blocked says why no node may start the action now, or "" if none
-// stops it.
-func (r Rollout) Blocked() string { return r.BlockedFor("") }
-
 // BlockedFor says why node may not start the action now, or "" if nothing
 // stops it. A halt node set itself does not stop it: its own retry is
 // what lifts the halt when it succeeds.

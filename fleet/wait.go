@@ -5,24 +5,22 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"ct-supervise/internal/blocking"
+	"ct-supervise/internal/ctxsleep"
 )
 
 // retryWait is the pause after a failed read while waiting: a Consul
-// outage makes WaitClear wait longer, never give up.
+// outage makes WaitClearFor wait longer, never give up.
 const retryWait = time.Second
 
-// WaitClear returns once neither a halt nor a pause (the action's own or
-// the global one) stops the action, or with ctx's error, or with the error
-// of a first read that failed (later read errors are waited out). While it
-// waits it tells onBlocked why, each time that changes. It watches both
-// places with blocking queries, so it returns within a round trip of the
-// switch being cleared.
-func (f *Fleet) WaitClear(ctx context.Context, onBlocked func(why string)) error {
-	return f.WaitClearFor(ctx, "", onBlocked)
-}
-
-// WaitClearFor is WaitClear for node: a halt that node set itself does not
-// hold it (see Rollout.BlockedFor).
+// WaitClearFor returns once neither a halt nor a pause (the action's own
+// or the global one) stops node's action, or with ctx's error, or with the
+// error of a first read that failed (later read errors are waited out). A
+// halt that node set itself does not hold it (see Rollout.BlockedFor); an
+// empty node is held by any halt. While it waits it tells onBlocked why,
+// each time that changes. It watches both places with blocking queries, so
+// it returns within a round trip of the switch being cleared.
 func (f *Fleet) WaitClearFor(ctx context.Context, node string, onBlocked func(why string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -53,7 +51,7 @@ func (f *Fleet) WaitClearFor(ctx context.Context, node string, onBlocked func(wh
 		}
 		last = why
 		if err != nil {
-			if err := sleep(ctx, retryWait); err != nil {
+			if err := ctxsleep.Sleep(ctx, retryWait); err != nil {
 				return err
 			}
 			continue
@@ -82,11 +80,13 @@ func (f *Fleet) Changes(ctx context.Context) <-chan struct{} {
 func (f *Fleet) watch(ctx context.Context, key string, changed chan<- struct{}) {
 	var index uint64
 	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(ctx)
+		rctx, cancel := blocking.Context(ctx, blockingWait)
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(rctx)
 		_, meta, err := f.client.KV().List(key, q)
+		cancel()
 		if err != nil {
 			index = 0
-			if sleep(ctx, retryWait) != nil {
+			if ctxsleep.Sleep(ctx, retryWait) != nil {
 				return
 			}
 			continue
@@ -101,16 +101,5 @@ func (f *Fleet) watch(ctx context.Context, key string, changed chan<- struct{}) 
 		default:
 		}
 		index = meta.LastIndex
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }

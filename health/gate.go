@@ -17,6 +17,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"ct-supervise/internal/blocking"
+	"ct-supervise/internal/ctxsleep"
 )
 
 // Defaults used when the matching Options field is zero.
@@ -35,8 +38,9 @@ const (
 	// command could still read as passing when the interval is up.
 	minLateRun = time.Second
 
-	// maxBlockingWait bounds one blocking query, so that a connection that
-	// died silently is noticed within this time.
+	// maxBlockingWait bounds one blocking query; with its client-side
+	// deadline (blocking.Context) a connection that died silently or a
+	// frozen agent is noticed within about this time.
 	maxBlockingWait = 30 * time.Second
 
 	// retryWait is the pause after a failed read of the checks: the gate
@@ -181,8 +185,10 @@ func watch(ctx context.Context, client *api.Client, service, filter string, out 
 	var index uint64
 	for ctx.Err() == nil {
 		var got []instance
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: maxBlockingWait, Filter: filter}).WithContext(ctx)
+		rctx, cancel := blocking.Context(ctx, maxBlockingWait)
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: maxBlockingWait, Filter: filter}).WithContext(rctx)
 		meta, err := client.Raw().Query(endpoint, &got, q)
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
@@ -193,10 +199,8 @@ func watch(ctx context.Context, client *api.Client, service, filter string, out 
 				return
 			}
 			index = 0
-			select {
-			case <-ctx.Done():
+			if ctxsleep.Sleep(ctx, retryWait) != nil {
 				return
-			case <-time.After(retryWait):
 			}
 			continue
 		}

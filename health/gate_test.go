@@ -22,34 +22,14 @@ import (
 var agent *devconsul.Agent
 
 func TestMain(m *testing.M) {
-	os.Exit(testMain(m))
-}
-
-func testMain(m *testing.M) int {
-	var err error
-	agent, err = devconsul.MainAgent()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "starting consul: %v\n", err)
-		return 1
-	}
-	if agent != nil {
-		defer agent.Stop()
-	}
-	return m.Run()
+	os.Exit(devconsul.RunPackage(m, &agent))
 }
 
 // client returns a client for the package agent, skipping (outside CI
 // only) when there is no consul binary.
 func client(t *testing.T) *api.Client {
 	t.Helper()
-	if agent == nil {
-		devconsul.MissingOrFatal(t, devconsul.ErrNoBinary)
-	}
-	c, err := agent.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return devconsul.SharedClient(t, agent)
 }
 
 // service is an HTTP server the test turns up and down, registered with

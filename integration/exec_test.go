@@ -15,7 +15,7 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// statusOf returns `status -json` of a node, decoded loosely.
+// status returns `status -json` of the node, decoded loosely.
 func (n *node) status() map[string]any {
 	n.t.Helper()
 	r := n.mustRun("status", "-json")

@@ -160,7 +160,7 @@ func declare(t *testing.T, n *node, name string, args ...string) {
 }
 
 // lastOK reports whether the node's last try of the action succeeded.
-func lastOK(t *testing.T, n *node, name string) bool {
+func lastOK(n *node, name string) bool {
 	st := n.status()
 	for _, a := range st["actions"].([]any) {
 		m := a.(map[string]any)
@@ -202,16 +202,7 @@ func TestHaltResumeAndContinue(t *testing.T) {
 				}
 				return
 			}
-			waitFor(t, 30*time.Second, "node-2 to wait on the halt", func() bool {
-				p := actionPhase(t, good, name)
-				return p.Phase == "halted" && strings.Contains(p.Detail, "halted by node-1")
-			})
-			time.Sleep(2 * time.Second)
-			if fileExists(marker) {
-				t.Fatal("node-2 ran while node-1's halt stood")
-			}
-			good.mustRun("resume", name)
-			waitFor(t, 30*time.Second, "node-2 to run after resume", func() bool { return fileExists(marker) })
+			heldUntilResumed(t, good, name, "halted", "halted by node-1", marker)
 		})
 	}
 }
@@ -229,16 +220,24 @@ func TestPauseStopsNewStarts(t *testing.T) {
 	a.mustRun("pause", "-reason", "change freeze", name)
 	declare(t, b, name, "touch "+ranB)
 	waitFor(t, 30*time.Second, "node-1's action to finish despite the pause", func() bool { return fileExists(finished) })
-	waitFor(t, 30*time.Second, "node-2 to wait on the pause", func() bool {
-		p := actionPhase(t, b, name)
-		return p.Phase == "paused" && strings.Contains(p.Detail, "change freeze")
+	heldUntilResumed(t, b, name, "paused", "change freeze", ranB)
+}
+
+// heldUntilResumed checks that n's action name waits in phase (its detail
+// mentioning why) without running (marker, which its command creates, stays
+// absent), and that it runs once resumed.
+func heldUntilResumed(t *testing.T, n *node, name, phase, why, marker string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, n.name+" to wait, "+phase, func() bool {
+		p := actionPhase(t, n, name)
+		return p.Phase == phase && strings.Contains(p.Detail, why)
 	})
 	time.Sleep(2 * time.Second)
-	if fileExists(ranB) {
-		t.Fatal("node-2 started while paused")
+	if fileExists(marker) {
+		t.Fatalf("%s ran while %s", n.name, phase)
 	}
-	b.mustRun("resume", name)
-	waitFor(t, 30*time.Second, "node-2 to run after resume", func() bool { return fileExists(ranB) })
+	n.mustRun("resume", name)
+	waitFor(t, 30*time.Second, n.name+" to run after resume", func() bool { return fileExists(marker) })
 }
 
 // While an instance of a -unless-critical service elsewhere is critical,
@@ -293,7 +292,7 @@ func TestRolloutJSONShowsGoneNodes(t *testing.T) {
 	}
 	for _, n := range nodes[:2] {
 		waitFor(t, 30*time.Second, n.name+" done and its worker gone", func() bool {
-			return lastOK(t, n, name) && n.workerPID() == 0
+			return lastOK(n, name) && n.workerPID() == 0
 		})
 	}
 	declare(t, nodes[2], name, "-version=v8", "sleep 30")

@@ -46,15 +46,7 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "building ct-supervise: %v\n", err)
 		return 1
 	}
-	agent, err = devconsul.MainAgent()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "starting consul: %v\n", err)
-		return 1
-	}
-	if agent != nil {
-		defer agent.Stop()
-	}
-	return m.Run()
+	return devconsul.RunPackage(m, &agent)
 }
 
 // needConsul skips (outside CI only) when there is no consul binary.
@@ -70,12 +62,7 @@ func needConsul(t *testing.T) {
 // before it starts any node.
 func consulClient(t *testing.T) *api.Client {
 	t.Helper()
-	needConsul(t)
-	client, err := agent.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return client
+	return devconsul.SharedClient(t, agent)
 }
 
 // node is one simulated machine: its own state directory, talking to the

@@ -31,31 +31,14 @@ func TestMain(m *testing.M) {
 		// address and needs none of ours.
 		os.Exit(m.Run())
 	}
-	a, err := devconsul.MainAgent()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "lockexec tests: starting consul: %v\n", err)
-		os.Exit(1)
-	}
-	agent = a
-	code := m.Run()
-	if a != nil {
-		a.Stop()
-	}
-	os.Exit(code)
+	os.Exit(devconsul.RunPackage(m, &agent))
 }
 
 // testClient returns a client for the shared agent, skipping the test when
 // there is none.
 func testClient(t *testing.T) *api.Client {
 	t.Helper()
-	if agent == nil {
-		t.Skip("skipping: no consul binary (see devconsul.ErrNoBinary)")
-	}
-	c, err := agent.Client()
-	if err != nil {
-		t.Fatalf("consul client: %v", err)
-	}
-	return c
+	return devconsul.SharedClient(t, agent)
 }
 
 // ownAgent starts a dev agent for a test that stops it.

@@ -32,7 +32,7 @@ func TestStateStaysBoundedAndRegisterCheap(t *testing.T) {
 	s := openTemp(t)
 	huge := strings.Repeat("n", 128<<10)
 	for i := range 40 {
-		if err := s.RecordError(fmt.Sprintf("%d-%s", i, huge), strings.Repeat("bad value ", 13<<10), time.Now()); err != nil {
+		if _, err := s.RecordRejection(fmt.Sprintf("%d-%s", i, huge), strings.Repeat("bad value ", 13<<10), time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -79,7 +79,7 @@ func TestRejectionsKeepTheNewest(t *testing.T) {
 	s := openTemp(t)
 	base := time.Unix(1_700_000_000, 0)
 	for i := range MaxRejections + 5 {
-		if err := s.RecordError(fmt.Sprintf("n%02d", i), "bad", base.Add(time.Duration(i)*time.Second)); err != nil {
+		if _, err := s.RecordRejection(fmt.Sprintf("n%02d", i), "bad", base.Add(time.Duration(i)*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -115,7 +115,7 @@ func TestNamelessRejectionClears(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.RecordError("", "a JSON declaration needs a \"name\"", now); err != nil {
+	if _, err := s.RecordRejection("", "a JSON declaration needs a \"name\"", now); err != nil {
 		t.Fatal(err)
 	}
 	register := func() {
@@ -130,7 +130,7 @@ func TestNamelessRejectionClears(t *testing.T) {
 	}
 	report()
 	// Seen again in the next render: it stays.
-	if err := s.RecordError("", "a JSON declaration needs a \"name\"", now); err != nil {
+	if _, err := s.RecordRejection("", "a JSON declaration needs a \"name\"", now); err != nil {
 		t.Fatal(err)
 	}
 	register()
@@ -154,7 +154,7 @@ func TestForget(t *testing.T) {
 	if err := s.Update(func(st *State) error { _, err := st.Enqueue([]string{"queued"}, time.Now()); return err }); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RecordError("gone", "bad", time.Now()); err != nil {
+	if _, err := s.RecordRejection("gone", "bad", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Forget([]string{"nope"}, false); !errors.Is(err, ErrUnknownAction) {

@@ -39,9 +39,11 @@ type State struct {
 	WorkerFailure *WorkerFailure `json:"worker_failure,omitempty"`
 
 	// RecordsSession is the Consul session that holds this node's fleet
-	// records while its worker runs: a worker that finds one left by a
-	// dead predecessor destroys it, so that its records read gone at once
-	// and the session does not linger until its TTL runs out.
+	// records while its worker runs, left in place when the worker exits:
+	// the next worker destroys it, so that a dead predecessor's records
+	// read gone at once and its session does not linger until its TTL runs
+	// out (for a predecessor that exited cleanly the session is gone
+	// already).
 	RecordsSession string `json:"records_session,omitempty"`
 }
 

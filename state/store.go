@@ -33,9 +33,13 @@ const (
 	// lock on a replaced file protects nothing.
 	stateLockName = "state.lock"
 
+	// tempInfix follows a file's name in the names of the temporary files
+	// ReplaceFile writes before renaming them over it.
+	tempInfix = ".tmp-"
+
 	// stateTempPrefix begins the names of the temporary files new states
 	// are written to before they are renamed over the state file.
-	stateTempPrefix = stateFileName + ".tmp-"
+	stateTempPrefix = stateFileName + tempInfix
 )
 
 // ErrUnsafeStateDir is returned by Open for a state directory that another
@@ -288,7 +292,7 @@ type stateSkim struct {
 	Errors  map[string]DeclError  `json:"errors"`
 }
 
-// actionSkim holds what alreadyRegistered and QueueLen read of an Action;
+// actionSkim holds what registered and QueueLen read of an Action;
 // QueueLen's count must stay Action.Queued's rule.
 type actionSkim struct {
 	Declaration json.RawMessage `json:"declaration"`
@@ -411,22 +415,16 @@ const (
 	maxRejectionMessage = 512
 )
 
-// RecordError records a rejected declaration's message under name ("" when
-// no name could be read), leaving any good declaration of that name as it
-// is but marking it pending: the render goes on with the last good
+// RecordRejection records a rejected declaration's message under name (""
+// when no name could be read), leaving any good declaration of that name as
+// it is but marking it pending: the render goes on with the last good
 // declaration, so the render's exec must run it as a good one would have
 // been. The name is cut to plugin.MaxNameLength and the message to 512
 // bytes, and only the MaxRejections most recent rejections are kept. At is
 // when the message was first recorded: the same rejection repeated on
-// every render writes nothing, unless exec has reported it since.
-func (s *Store) RecordError(name, message string, now time.Time) error {
-	_, err := s.RecordRejection(name, message, now)
-	return err
-}
-
-// RecordRejection is RecordError, also reporting whether the rejection is
-// news: not recorded before with this message, or reported since. Callers
-// log it once, not on every render pass.
+// every render writes nothing, unless exec has reported it since. news
+// reports whether the rejection is news: not recorded before with this
+// message, or reported since. Callers log it once, not on every render pass.
 func (s *Store) RecordRejection(name, message string, now time.Time) (news bool, err error) {
 	name = truncate(strings.ToValidUTF8(name, "\uFFFD"), plugin.MaxNameLength)
 	// JSON would replace invalid UTF-8 on the way to disk, and the entry
@@ -638,16 +636,26 @@ func encodeState(st *State) ([]byte, error) {
 }
 
 // write replaces the state file with data; the caller holds the exclusive
-// directory lock. The data is made durable before the rename and the rename
-// before returning, so that a crash or power loss leaves the old file or
-// the new one, never a mix or an empty file.
+// directory lock.
 func (s *Store) write(data []byte) error {
 	s.removeTemps()
+	if err := s.ReplaceFile(stateFileName, data); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	return nil
+}
 
-	tmp := stateTempPrefix + strconv.FormatUint(rand.Uint64(), 36)
+// ReplaceFile replaces the file name in the state directory with data,
+// mode 0600. The data is written aside and made durable before the rename,
+// and the rename before returning, so that a crash or power loss leaves the
+// old file or the new one, never a mix or an empty file. All of it goes
+// through the directory's descriptor, never through a symlink. Concurrent
+// writers of name need a lock of their own to order them.
+func (s *Store) ReplaceFile(name string, data []byte) error {
+	tmp := name + tempInfix + strconv.FormatUint(rand.Uint64(), 36)
 	f, err := s.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return fmt.Errorf("writing state: %w", err)
+		return err
 	}
 	renamed := false
 	defer func() {
@@ -658,20 +666,20 @@ func (s *Store) write(data []byte) error {
 	}()
 
 	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("writing state: %w", err)
+		return err
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("writing state: %w", err)
+		return err
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing state: %w", err)
+		return err
 	}
-	if err := s.Rename(tmp, stateFileName); err != nil {
-		return fmt.Errorf("writing state: %w", err)
+	if err := s.Rename(tmp, name); err != nil {
+		return err
 	}
 	renamed = true
 	if err := unix.Fsync(s.fd); err != nil {
-		return fmt.Errorf("syncing state directory: %w", err)
+		return fmt.Errorf("syncing the state directory: %w", err)
 	}
 	return nil
 }

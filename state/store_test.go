@@ -256,7 +256,7 @@ func TestRegisterRejectsInvalid(t *testing.T) {
 	}
 }
 
-func TestRecordError(t *testing.T) {
+func TestRecordRejection(t *testing.T) {
 	s := openTemp(t)
 	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 	d := decl(t, "nginx", "nginx -s reload")
@@ -264,19 +264,19 @@ func TestRecordError(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := s.RecordError("nginx", "invalid declaration: bad\nthing", t0.Add(time.Minute)); err != nil {
+	if _, err := s.RecordRejection("nginx", "invalid declaration: bad\nthing", t0.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RecordError("", "invalid declaration: malformed JSON", t0.Add(time.Minute)); err != nil {
+	if _, err := s.RecordRejection("", "invalid declaration: malformed JSON", t0.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	fi := statState(t, s)
 	// The same rejection on the next render writes nothing.
-	if err := s.RecordError("nginx", "invalid declaration: bad\nthing", t0.Add(2*time.Minute)); err != nil {
+	if _, err := s.RecordRejection("nginx", "invalid declaration: bad\nthing", t0.Add(2*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	if !os.SameFile(fi, statState(t, s)) {
-		t.Error("a repeated RecordError rewrote the state file")
+		t.Error("a repeated RecordRejection rewrote the state file")
 	}
 
 	st, err := s.Load()
@@ -284,14 +284,14 @@ func TestRecordError(t *testing.T) {
 		t.Fatal(err)
 	}
 	if a := st.Actions["nginx"]; a == nil || !a.Declaration.Equal(d) || !a.DeclaredAt.Equal(t0) {
-		t.Fatalf("RecordError touched the good declaration: %+v", a)
+		t.Fatalf("RecordRejection touched the good declaration: %+v", a)
 	}
 	// The render goes on with the last good declaration: its exec must
 	// find it pending even after an exec cleared the mark.
 	if err := s.Update(func(st *State) error { _, err := st.Enqueue(nil, t0); return err }); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RecordError("nginx", "invalid declaration: bad\nthing", t0.Add(2*time.Minute)); err != nil {
+	if _, err := s.RecordRejection("nginx", "invalid declaration: bad\nthing", t0.Add(2*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	if st, err = s.Load(); err != nil {
@@ -408,7 +408,8 @@ func TestDamagedStateFile(t *testing.T) {
 			_, err = s.Register(decl(t, "b", "true"), time.Now())
 			check("Register", err)
 			check("Update", s.Update(func(*State) error { return nil }))
-			check("RecordError", s.RecordError("b", "x", time.Now()))
+			_, err = s.RecordRejection("b", "x", time.Now())
+			check("RecordRejection", err)
 			if got, _ := os.ReadFile(path); string(got) != tc.content {
 				t.Fatal("the damaged state file was overwritten")
 			}

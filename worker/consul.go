@@ -72,7 +72,7 @@ func RecordConsulSettings(store *state.Store, environ []string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := replaceFile(store, ConsulSettingsFile, append(data, '\n')); err != nil {
+	if err := store.ReplaceFile(ConsulSettingsFile, append(data, '\n')); err != nil {
 		return false, fmt.Errorf("recording the Consul settings: %w", err)
 	}
 	// New settings may well fix what made the last worker fail at start:
@@ -82,28 +82,6 @@ func RecordConsulSettings(store *state.Store, environ []string) (bool, error) {
 		return nil
 	})
 	return true, err
-}
-
-// replaceFile writes data to the file name in the state directory, mode
-// 0600, aside first and then renamed over it: a reader sees the old or the
-// new content, never half of it. Both go through the directory's
-// descriptor, never through a symlink.
-func replaceFile(store *state.Store, name string, data []byte) error {
-	tmp := fmt.Sprintf("%s.tmp%d", name, os.Getpid())
-	f, err := store.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, werr := f.Write(data)
-	if err := errors.Join(werr, f.Close()); err != nil {
-		_ = os.Remove(store.Path(tmp))
-		return err
-	}
-	if err := store.Rename(tmp, name); err != nil {
-		_ = os.Remove(store.Path(tmp))
-		return err
-	}
-	return nil
 }
 
 // loadConsulSettings reads recorded settings; the error wraps

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"ct-supervise/internal/ctxsleep"
 	"ct-supervise/state"
 )
 
@@ -71,11 +72,9 @@ func acquireInstanceLock(ctx context.Context, dir Dir, wait bool) (*instanceLock
 			// A real worker: it may drain its queue for minutes.
 			retry = waitRetry
 		}
-		select {
-		case <-ctx.Done():
+		if err := ctxsleep.Sleep(ctx, retry); err != nil {
 			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(retry):
+			return nil, err
 		}
 	}
 	if err := f.Truncate(0); err == nil {

@@ -105,7 +105,8 @@ func (rs *records) destroyLeftover(ctx context.Context, client *api.Client) {
 	}
 }
 
-// remember records id (empty: none) in the state directory.
+// remember records id in the state directory, for a successor to destroy
+// should this worker die holding it.
 func (rs *records) remember(id string) {
 	if rs.store == nil {
 		return
@@ -147,14 +148,17 @@ func (rs *records) publish(ctx context.Context, client *api.Client, prefix strin
 // close destroys the worker session: the records stay, released, with
 // the resting phase each run published last. Call it when the worker has
 // stopped.
+//
+// It writes nothing to the state directory: it runs after the worker let
+// go of its instance lock, when a successor may already own the directory
+// (and have recorded its own session), and a test or an operator may be
+// removing it. The session ID it leaves recorded is harmless: a successor
+// destroys it at its first publication, which is a no-op for a session
+// already gone and frees one that the destroy here could not reach.
 func (rs *records) close() {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if rs.id == "" {
-		return
-	}
 	rs.endLocked()
-	rs.remember("")
 }
 
 // feed publishes one run's records in the background, so that a phase

@@ -154,8 +154,8 @@ func action(t *testing.T, s *state.Store, name string) *state.Action {
 	return st.Actions[name]
 }
 
-// runWorker runs a worker in the background; the returned function
-// cancels it and waits for Run's error.
+// bgWorker is a worker startWorker runs in the background; the test's
+// cleanup cancels it and waits for Run to return.
 type bgWorker struct {
 	cancel context.CancelFunc
 	done   chan error
@@ -449,33 +449,11 @@ func TestRequestDuringLastRunIsNotLost(t *testing.T) {
 // gives back the lock and reruns the action.
 func TestRecoverStopsOrphanAndReclaims(t *testing.T) {
 	s := newStore(t, 3, "a", "b")
-	orphan := exec.Command("sleep", "60")
-	orphan.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := orphan.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = orphan.Wait(); close(exited) }()
-	t.Cleanup(func() { _ = orphan.Process.Kill() })
-	start, err := processStartTime(orphan.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	orphan := startGroupLeader(t)
 	// b's recorded pid now names another process (a start time that does
 	// not match: pid reuse), which must be left alone.
-	other := exec.Command("sleep", "60")
-	other.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := other.Start(); err != nil {
-		t.Fatal(err)
-	}
-	otherExited := make(chan struct{})
-	go func() { _ = other.Wait(); close(otherExited) }()
-	t.Cleanup(func() { _ = other.Process.Kill() })
-	otherStart, err := processStartTime(other.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = s.Update(func(st *state.State) error {
+	other := startGroupLeader(t)
+	err := s.Update(func(st *state.State) error {
 		for _, n := range []string{"a", "b"} {
 			if _, _, err := st.Begin(n); err != nil {
 				return err
@@ -483,9 +461,9 @@ func TestRecoverStopsOrphanAndReclaims(t *testing.T) {
 			st.RecordSession(n, "dead-"+n)
 		}
 		st.Acquired("a")
-		st.RecordChild("a", orphan.Process.Pid, start)
+		st.RecordChild("a", orphan.pid, orphan.start)
 		st.Acquired("b")
-		st.RecordChild("b", other.Process.Pid, otherStart+1)
+		st.RecordChild("b", other.pid, other.start+1)
 		return nil
 	})
 	if err != nil {
@@ -497,17 +475,15 @@ func TestRecoverStopsOrphanAndReclaims(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 	select {
-	case <-exited:
+	case <-orphan.exited:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the orphaned command is still running")
 	}
 	if len(f.reclaims) != 2 {
 		t.Fatalf("reclaims = %v, want both dead sessions", f.reclaims)
 	}
-	select {
-	case <-otherExited:
+	if !running(other.pid) {
 		t.Fatal("a process that only reuses a recorded pid was signalled")
-	default:
 	}
 	for _, n := range []string{"a", "b"} {
 		if a := action(t, s, n); a.Last == nil || !a.Last.OK || f.triesOf(n) != 1 {
@@ -518,22 +494,47 @@ func TestRecoverStopsOrphanAndReclaims(t *testing.T) {
 
 // A pid whose start time does not match is never signalled.
 func TestStopOrphanSparesReusedPID(t *testing.T) {
-	p := exec.Command("sleep", "60")
-	p.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.Start(); err != nil {
+	p := startGroupLeader(t)
+	if err := stopOrphan(hclog.NewNullLogger(), p.pid, p.start+1); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = p.Process.Kill(); _ = p.Wait() })
-	start, err := processStartTime(p.Process.Pid)
-	if err != nil {
+	if !running(p.pid) {
+		t.Fatal("a process whose start time differs was stopped")
+	}
+}
+
+// groupLeader is a `sleep 60` that leads its own process group, as a
+// worker's command does: its pid, its start time and a channel closed once
+// it has exited and been reaped. The test's cleanup kills it.
+type groupLeader struct {
+	pid    int
+	start  uint64
+	exited chan struct{}
+}
+
+func startGroupLeader(t *testing.T) groupLeader {
+	t.Helper()
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	if err := stopOrphan(nil, p.Process.Pid, start+1); err != nil {
+	g := groupLeader{pid: cmd.Process.Pid, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(g.exited) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-g.exited })
+	var err error
+	if g.start, err = processStartTime(g.pid); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(p.Process.Pid, 0); err != nil {
-		t.Fatalf("a process whose start time differs was stopped: %v", err)
-	}
+	return g
+}
+
+// running reports whether pid is a live process: not gone, and not a
+// zombie (which still answers kill -0, so that a test checking with it
+// could not tell a killed process from a live one).
+func running(pid int) bool {
+	f, err := procStat(pid)
+	return err == nil && len(f) > 0 && f[0] != "Z"
 }
 
 // A predecessor that died holding the lock before its command's pid was

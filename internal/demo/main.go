@@ -134,6 +134,45 @@ type demo struct {
 func (d *demo) printf(format string, a ...any) { fmt.Fprintf(d.out, format, a...) }
 
 func (d *demo) run(ctx context.Context) error {
+	if err := d.startNodes(ctx); err != nil {
+		return err
+	}
+	// The first render is a change too (there was no file before): every
+	// node reloads once. Let that roll finish so the timeline below shows
+	// one change only.
+	start := time.Now()
+	if _, err := d.fleet.waitRoll(ctx, 0, d.rollTimeout(), nil); err != nil {
+		return fmt.Errorf("initial render: %w", err)
+	}
+	d.printf("initial render: every node rendered v1 and reloaded once (%.1fs)\n", time.Since(start).Seconds())
+
+	verdict, err := d.changeUpstream(ctx)
+	if err != nil {
+		return err
+	}
+
+	d.printStatus(ctx, "node-1")
+	if !d.cfg.hold && verdict == nil {
+		if err := d.safeRestart(ctx); err != nil {
+			return fmt.Errorf("safe restart: %w", err)
+		}
+		if err := d.badConfig(ctx); err != nil {
+			return fmt.Errorf("bad config: %w", err)
+		}
+	}
+	if !d.cfg.hold || verdict != nil {
+		d.printf("\nTo inspect the nodes while they run, start the demo with -hold (make demo DEMO_FLAGS=-hold)\n"+
+			"and, in another terminal:\n  CONSUL_HTTP_ADDR=<agent> CT_SUPERVISE_STATE_DIR=<demo dir>/node-N/state %s status\n",
+			d.cfg.ctSupervise)
+		return verdict
+	}
+	d.holdForInspection(ctx)
+	return nil
+}
+
+// startNodes finds the binaries and starts the consul agent and the
+// consul-template nodes.
+func (d *demo) startNodes(ctx context.Context) error {
 	var err error
 	if d.consulBin, err = devconsul.FindBinary(""); err != nil {
 		return fmt.Errorf("consul not found on PATH (or $CONSUL_BIN): run `make demo`, which builds it, or install consul v1.21.0")
@@ -170,21 +209,18 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	d.reloadLedger = d.fleet.ledger.path
 	d.printf("%d consul-template nodes render %s with this line in their template:\n  %s\n", d.cfg.nodes, upstreamKey, d.fleet.pluginCall)
+	return nil
+}
 
-	// The first render is a change too (there was no file before): every
-	// node reloads once. Let that roll finish so the timeline below shows
-	// one change only.
-	start := time.Now()
-	if _, err := d.fleet.waitRoll(ctx, 0, d.rollTimeout(), nil); err != nil {
-		return fmt.Errorf("initial render: %w", err)
-	}
-	d.printf("initial render: every node rendered v1 and reloaded once (%.1fs)\n", time.Since(start).Seconds())
-
+// changeUpstream changes the upstream key from v1 to v2, prints the roll
+// as it happens and returns judge's verdict on it; err is a roll that did
+// not finish.
+func (d *demo) changeUpstream(ctx context.Context) (verdict, err error) {
 	mark := d.fleet.ledger.len()
 	d.printf("changing %s: v1 -> v2 ...\n", upstreamKey)
 	changed := time.Now()
 	if err := d.put(upstreamKey, "v2"); err != nil {
-		return err
+		return nil, err
 	}
 	running := 0
 	events, err := d.fleet.waitRoll(ctx, mark, d.rollTimeout(), func(e event) {
@@ -200,25 +236,13 @@ func (d *demo) run(ctx context.Context) error {
 		d.printf("  +%.2fs  %-8s %s   (running: %d)\n", e.at.Sub(changed).Seconds(), e.node, what, running)
 	})
 	if err != nil {
-		return fmt.Errorf("after the change: %w", err)
+		return nil, fmt.Errorf("after the change: %w", err)
 	}
-	verdict := d.judge(events, changed)
+	return d.judge(events, changed), nil
+}
 
-	d.printStatus(ctx, "node-1")
-	if !d.cfg.hold && verdict == nil {
-		if err := d.safeRestart(ctx); err != nil {
-			return fmt.Errorf("safe restart: %w", err)
-		}
-		if err := d.badConfig(ctx); err != nil {
-			return fmt.Errorf("bad config: %w", err)
-		}
-	}
-	if !d.cfg.hold || verdict != nil {
-		d.printf("\nTo inspect the nodes while they run, start the demo with -hold (make demo DEMO_FLAGS=-hold)\n"+
-			"and, in another terminal:\n  CONSUL_HTTP_ADDR=<agent> CT_SUPERVISE_STATE_DIR=<demo dir>/node-N/state %s status\n",
-			d.cfg.ctSupervise)
-		return verdict
-	}
+// holdForInspection prints how to inspect the running nodes and waits for Ctrl-C.
+func (d *demo) holdForInspection(ctx context.Context) {
 	n1 := d.fleet.nodes[0]
 	d.printf("\nholding until Ctrl-C. In another terminal:\n"+
 		"  %s   # any node-N\n"+
@@ -229,7 +253,6 @@ func (d *demo) run(ctx context.Context) error {
 		n1.logPath, filepath.Join(n1.stateDir, "worker.log"))
 	<-ctx.Done()
 	d.printf("\n")
-	return nil
 }
 
 // rollTimeout bounds a roll: the ideal time with a generous margin for slow
