@@ -82,12 +82,39 @@ func (rs *records) session(ctx context.Context, client *api.Client, node string)
 	rs.stop, rs.ended = make(chan struct{}), make(chan struct{})
 	go func(stop, ended chan struct{}) {
 		defer close(ended)
-		if err := client.Session().RenewPeriodic(recordSessionTTL, id, nil, stop); err != nil {
+		if err := renewSession(client, id, stop); err != nil {
 			rs.log.Warn("the worker's session for the rollout view ended; a new one is made at the next publication", "error", err)
 		}
 	}(rs.stop, rs.ended)
 	rs.remember(id)
 	return id, nil
+}
+
+// renewSession renews the session id every half TTL until stop is closed,
+// then destroys it; or until Consul says it is gone, which it returns as
+// an error. Every request has a deadline: a frozen agent must not hold the
+// renewal (nor the close that waits for it) for ever. A renewal that fails
+// is tried again at the next tick; the session outlives one or two.
+func renewSession(client *api.Client, id string, stop <-chan struct{}) error {
+	ttl, _ := time.ParseDuration(recordSessionTTL)
+	tick := time.NewTicker(ttl / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+			defer cancel()
+			_, err := client.Session().Destroy(id, (&api.WriteOptions{}).WithContext(ctx))
+			return err
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), ttl/2)
+		entry, _, err := client.Session().Renew(id, (&api.WriteOptions{}).WithContext(ctx))
+		cancel()
+		if err == nil && entry == nil {
+			return fmt.Errorf("session %s expired", id)
+		}
+	}
 }
 
 // destroyLeftover destroys the records session a dead predecessor left
