@@ -7,11 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
 
 	"ct-supervise/lockexec"
 )
@@ -292,5 +294,64 @@ func TestRunSemaphoreInteropWithAPI(t *testing.T) {
 		}
 	}
 	_ = c.Destroy()
+	assertClean(t, client, prefix)
+}
+
+// TestRunSemaphoreHandsSlotOn: a holder giving its slot back hands it to
+// our oldest waiter in the same write, instead of freeing it for the
+// waiters to race for; the limit holds throughout.
+func TestRunSemaphoreHandsSlotOn(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	const limit = 2
+	dir := t.TempDir()
+
+	// The other slot is held elsewhere for the whole test.
+	other, err := client.SemaphoreOpts(&api.SemaphoreOptions{Prefix: prefix, Limit: limit, SessionName: "test holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Acquire(nil); err != nil {
+		t.Fatalf("api acquire: %v", err)
+	}
+	otherHeld := true
+	t.Cleanup(func() {
+		if otherHeld {
+			_ = other.Release()
+		}
+	})
+
+	var log syncBuffer
+	opts := shellOpts(t, prefix, limit, fmt.Sprintf(`touch %[1]s/first; while [ ! -e %[1]s/go ]; do sleep 0.05; done`, dir))
+	opts.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: &log})
+	first := startRun(t, context.Background(), r, opts)
+	first.waitStarted(t, dir+"/first")
+
+	waiter := startRun(t, context.Background(), r, shellOpts(t, prefix, limit, "touch "+dir+"/waiter"))
+	waitFor(t, "the waiter's session", 10*time.Second, func() bool { return len(ourSessions(t, client, prefix)) == 2 })
+	time.Sleep(200 * time.Millisecond)
+	if fileExists(dir + "/waiter") {
+		t.Fatal("the waiter ran while every slot was held")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+	res, err := waiter.wait(t, 10*time.Second)
+	if err != nil {
+		t.Fatalf("waiter: %v", err)
+	}
+	if want := "semaphore slot handed over"; !strings.Contains(log.String(), want) || !strings.Contains(log.String(), res.Session) {
+		t.Errorf("the first holder's log does not say %q to the waiter's session %s:\n%s", want, res.Session, log.String())
+	}
+	if err := other.Release(); err != nil {
+		t.Fatalf("api release: %v", err)
+	}
+	otherHeld = false
+	_ = other.Destroy()
 	assertClean(t, client, prefix)
 }

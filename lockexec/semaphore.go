@@ -65,6 +65,9 @@ type semaphoreHolder struct {
 	// Only the monitor writes it; release reads it once the monitor is
 	// done, and tries it first to save a read on the way out.
 	lastLock *api.KVPair
+	// waiting is who waited behind us when we got the slot, for the
+	// hand-off at release (see handoff.go).
+	waiting waiters
 }
 
 func newSemaphoreHolder(rn *run) *semaphoreHolder {
@@ -104,6 +107,10 @@ type semWait struct {
 	index    uint64        // wait index on the lock key; 0 reads at once
 	waitFor  time.Duration // the next blocking read's wait
 	mustList bool          // read the contender keys before deciding
+	// unlisted is when the last read that found us not holding was sent.
+	// A hand-off found by the next read came after it: our session was
+	// alive then, which makes it a confirmation for the fence.
+	unlisted time.Time
 
 	// What the last look found.
 	pair *api.KVPair
@@ -112,10 +119,15 @@ type semWait struct {
 	turn bool
 }
 
-func (s *semaphoreHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
+func (s *semaphoreHolder) acquire(ctx context.Context) (lost <-chan struct{}, err error) {
 	if err := s.createContender(ctx); err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			s.withdraw()
+		}
+	}()
 	w := &semWait{bo: newBackoff(), waitFor: blockingWait, mustList: true}
 	for {
 		if ctx.Err() != nil {
@@ -154,7 +166,7 @@ func (s *semaphoreHolder) acquire(ctx context.Context) (<-chan struct{}, error) 
 func (s *semaphoreHolder) look(ctx context.Context, w *semWait) (held, again bool, err error) {
 	timedOut := false
 	if !w.mustList {
-		s.mark()
+		sent := time.Now()
 		p, meta, again, err := waitRead(ctx, s.client.KV(), s.lockKey, w.index, w.waitFor, w.bo)
 		if err != nil || again {
 			w.index = 0
@@ -164,9 +176,14 @@ func (s *semaphoreHolder) look(ctx context.Context, w *semWait) (held, again boo
 		// nobody took, or a full semaphore nobody released for a while.
 		timedOut = w.index != 0 && meta.LastIndex == w.index
 		w.index = nextIndex(w.index, meta.LastIndex)
-		if held, err := s.sawLock(w, p); held || err != nil {
-			return held, false, err
+		held, err := s.sawLock(w, p)
+		switch {
+		case err != nil:
+			return false, false, err
+		case held:
+			return true, false, s.confirmHanded(ctx, w)
 		}
+		w.unlisted = sent
 		for id := range w.v.Holders {
 			delete(w.q.ahead, id)
 		}
@@ -187,8 +204,11 @@ func (s *semaphoreHolder) look(ctx context.Context, w *semWait) (held, again boo
 		return false, false, err
 	}
 	if held, err := s.sawLock(w, p); held || err != nil {
+		// The list showed our contender key: the session was alive
+		// after the list was sent, which refresh marked.
 		return held, false, err
 	}
+	w.unlisted = s.sentAt()
 	s.prune(w.v, &w.q, time.Now())
 	w.index = w.q.lockIndex
 	w.free = s.limit - len(w.v.Holders)
@@ -267,12 +287,13 @@ func (s *semaphoreHolder) take(ctx context.Context, w *semWait) (held bool, err 
 }
 
 // createContender writes our contender key, which tells the others that
-// we wait and which dies with our session.
+// we wait and which dies with our session. Its value says that we take a
+// slot handed to us (see handoff.go).
 func (s *semaphoreHolder) createContender(ctx context.Context) error {
 	bo := newBackoff()
 	for {
 		ok, err := s.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
-			ok, _, err := kv.Acquire(&api.KVPair{Key: s.contender, Session: s.session, Flags: api.SemaphoreFlagValue}, w)
+			ok, _, err := kv.Acquire(&api.KVPair{Key: s.contender, Value: handoffValue, Session: s.session, Flags: api.SemaphoreFlagValue}, w)
 			return ok, err
 		})
 		switch {
@@ -522,6 +543,7 @@ func (s *semaphoreHolder) held() <-chan struct{} {
 		v, err := s.decode(pair)
 		if pair != nil && err == nil && v.Holders[s.session] {
 			s.lastLock = pair
+			s.waiting.sawHolding(v.Holders)
 			return true
 		}
 		return false
@@ -529,9 +551,13 @@ func (s *semaphoreHolder) held() <-chan struct{} {
 	watch(s.contender, func(pair *api.KVPair) bool {
 		return pair != nil && pair.Session == s.session
 	})
+	s.prefetch()
 	return lost
 }
 
+// release gives our slot back, handing it to the oldest waiter when that
+// one is ready for it (see handoff.go), and deletes our contender key, all
+// in one transaction.
 func (s *semaphoreHolder) release() error {
 	if s.stopMonitor != nil {
 		s.stopMonitor()
@@ -540,13 +566,17 @@ func (s *semaphoreHolder) release() error {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	kv := s.client.KV()
-	pair := s.lastLock
+	// First try with what we know: the lock key as the monitor last saw
+	// it, and the waiters listed when we got the slot. If either is out
+	// of date the transaction fails, and we read both afresh.
+	pair, waiting := s.lastLock, s.waiting.known()
 	s.lastLock = nil
-	for {
-		if pair == nil {
+	for try := 0; ; try++ {
+		known := pair != nil && waiting != nil
+		if !known {
 			var err error
-			if pair, _, err = kv.Get(s.lockKey, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-				return fmt.Errorf("reading the semaphore %q: %w", s.lockKey, err)
+			if pair, waiting, err = s.readSemaphore(ctx); err != nil {
+				return err
 			}
 		}
 		if pair == nil || pair.Flags != api.SemaphoreFlagValue {
@@ -557,25 +587,115 @@ func (s *semaphoreHolder) release() error {
 			// Not ours to rewrite, or nothing of ours in it.
 			break
 		}
-		delete(v.Holders, s.session)
-		next, err := s.encode(&v, pair)
-		if err != nil {
+		var next *api.KVPair
+		if try < handoffTries {
+			next = successor(waiting, v.Holders)
+		}
+		if next == nil && known {
+			// Nobody we knew of is ready: somebody newer may be.
+			pair, waiting = nil, nil
+			continue
+		}
+		done, stale, err := s.giveBack(ctx, pair, next)
+		switch {
+		case done || err != nil:
 			return err
+		case stale && known:
+			// Another holder wrote the lock key first, most likely
+			// handing its slot on too: read the key alone, and skip
+			// whoever it lists now.
+			if pair, _, err = kv.Get(s.lockKey, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+				return fmt.Errorf("reading the semaphore %q: %w", s.lockKey, err)
+			}
+			if v, err := s.decode(pair); err == nil {
+				s.waiting.sawHolding(v.Holders)
+			}
+			waiting = s.waiting.known()
+			if pair == nil {
+				// Gone: nothing of ours left in it.
+				waiting = nil
+			}
+		default:
+			// The waiter moved on, or what we knew was out of date:
+			// read both again.
+			pair, waiting = nil, nil
 		}
-		ok, _, err := kv.CAS(next, (&api.WriteOptions{}).WithContext(ctx))
-		if err != nil {
-			return fmt.Errorf("updating the semaphore %q: %w", s.lockKey, err)
-		}
-		if ok {
-			break
-		}
-		// Someone changed it meanwhile: read it again.
-		pair = nil
 	}
 	if _, err := kv.Delete(s.contender, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return fmt.Errorf("deleting the contender key %q: %w", s.contender, err)
 	}
 	return nil
+}
+
+// withdraw undoes a wait that ends without a slot. It deletes our contender
+// key first, so that nobody can hand us a slot any more, then takes us out
+// of the holders in case a hand-off came meanwhile. If it fails, the
+// session's destruction deletes the key, and the others reuse a slot it
+// was handed after the lock delay.
+func (s *semaphoreHolder) withdraw() {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	kv := s.client.KV()
+	if _, err := kv.Delete(s.contender, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		s.log.Debug("deleting the contender key failed", "key", s.contender, "error", err)
+		return
+	}
+	for {
+		pair, _, err := kv.Get(s.lockKey, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil || pair == nil || pair.Flags != api.SemaphoreFlagValue {
+			return
+		}
+		var v semaphoreLockValue
+		if err := json.Unmarshal(pair.Value, &v); err != nil || !v.Holders[s.session] {
+			return
+		}
+		delete(v.Holders, s.session)
+		next, err := s.encode(&v, pair)
+		if err != nil {
+			return
+		}
+		if ok, _, err := kv.CAS(next, (&api.WriteOptions{}).WithContext(ctx)); err != nil || ok {
+			if err != nil {
+				s.log.Debug("giving back a slot handed to us failed", "key", s.lockKey, "error", err)
+			}
+			return
+		}
+	}
+}
+
+// confirmHanded sets the fence's starting point for a slot that a read of
+// the lock key found ours (handed over, or taken by a write whose answer
+// was lost). The others reuse a slot whose holder vanished only a lock
+// delay after they see it listed and gone, and we were listed after the
+// last read that found us not: its send time is a safe start. If that read
+// is old, a read of our contender key, found with our session, confirms
+// the session afresh, so that the fence does not start near its end.
+func (s *semaphoreHolder) confirmHanded(ctx context.Context, w *semWait) error {
+	if !w.unlisted.IsZero() && time.Since(w.unlisted) <= fenceConfirmInterval {
+		s.sent = w.unlisted
+		return nil
+	}
+	for {
+		rctx, cancel := callCtx(ctx)
+		sent := time.Now()
+		p, _, err := s.client.KV().Get(s.contender, (&api.QueryOptions{}).WithContext(rctx))
+		cancel()
+		switch {
+		case err == nil && (p == nil || p.Session != s.session):
+			return fmt.Errorf("our contender key %q is gone: session %s was invalidated", s.contender, s.session)
+		case err == nil:
+			s.sent = sent
+			return nil
+		case ctx.Err() != nil:
+			return waitEnded(ctx)
+		case isTransient(err):
+			if err := w.bo.wait(ctx); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("reading our contender key %q: %w", s.contender, err)
+		}
+	}
 }
 
 func (s *semaphoreHolder) cleanup() error {
