@@ -43,7 +43,7 @@ const (
 	handoffTries = 3
 )
 
-// waiters is who waited behind us when we got the slot, less those seen
+// waiters is who waited besides us when we got the slot, less those seen
 // holding a slot since: a session waits only once, so one seen holding
 // never waits again.
 type waiters struct {
@@ -82,20 +82,28 @@ func (w *waiters) known() []*api.KVPair {
 	return out
 }
 
-// prefetch lists the waiters in the background while the command starts,
-// so that release need not read anything before its transaction.
-func (s *semaphoreHolder) prefetch() {
-	go func() {
-		ctx, cancel := callCtx(context.Background())
-		defer cancel()
-		_, pairs, err := s.readSemaphore(ctx)
-		if err != nil {
-			return
+// heldAfter starts holding (see held), keeping from the wait w who else
+// waits, for the hand-off at release: the contenders ahead of us that we
+// never saw holding a slot (ones we passed, such as `consul lock`'s, which
+// keep their place), and those behind us, as last listed. Whoever took a
+// slot since is left out as the monitor sees it in the lock key; a
+// waiter that left since fails the transaction's check, and release then
+// lists afresh. This spares a list of the whole prefix per hand-off.
+func (s *semaphoreHolder) heldAfter(w *semWait) <-chan struct{} {
+	pairs := make([]*api.KVPair, 0, len(w.q.ahead)+len(w.q.younger))
+	for _, p := range w.q.order {
+		if _, ok := w.q.ahead[p.Session]; ok {
+			pairs = append(pairs, p)
 		}
-		s.waiting.mu.Lock()
-		s.waiting.listed, s.waiting.pairs = true, pairs
-		s.waiting.mu.Unlock()
-	}()
+	}
+	pairs = append(pairs, w.q.younger...)
+	s.waiting.mu.Lock()
+	s.waiting.listed, s.waiting.pairs = !w.q.listed.IsZero(), pairs
+	s.waiting.mu.Unlock()
+	if w.v != nil {
+		s.waiting.sawHolding(w.v.Holders)
+	}
+	return s.held()
 }
 
 // readSemaphore reads the lock key and the contender keys other than

@@ -65,7 +65,7 @@ type semaphoreHolder struct {
 	// Only the monitor writes it; release reads it once the monitor is
 	// done, and tries it first to save a read on the way out.
 	lastLock *api.KVPair
-	// waiting is who waited behind us when we got the slot, for the
+	// waiting is who else waited when we got the slot, for the
 	// hand-off at release (see handoff.go).
 	waiting waiters
 }
@@ -94,6 +94,7 @@ type queue struct {
 	lockIndex uint64              // the lock key's ModifyIndex then; 0 if it did not exist
 	ahead     map[string]struct{} // older contenders not yet seen holding a slot
 	order     []*api.KVPair       // their contender keys, oldest first, as listed
+	younger   []*api.KVPair       // the contender keys after ours, oldest first
 	live      map[string]struct{} // sessions holding any key of the prefix
 	// vanished is when we first saw each listed holder without a live
 	// session. Kept across reads: the slot is reused vanishPeriod later.
@@ -138,7 +139,7 @@ func (s *semaphoreHolder) acquire(ctx context.Context) (lost <-chan struct{}, er
 		case err != nil:
 			return nil, err
 		case held:
-			return s.held(), nil
+			return s.heldAfter(w), nil
 		case again:
 			continue
 		}
@@ -153,7 +154,7 @@ func (s *semaphoreHolder) acquire(ctx context.Context) (lost <-chan struct{}, er
 		case err != nil:
 			return nil, err
 		case held:
-			return s.held(), nil
+			return s.heldAfter(w), nil
 		}
 		// Someone changed it first: look again at once.
 		w.index, w.waitFor = 0, blockingWait
@@ -342,14 +343,19 @@ func (s *semaphoreHolder) refresh(ctx context.Context, q *queue) (*api.KVPair, e
 		q.lockIndex = lockPair.ModifyIndex
 	}
 	q.ahead = make(map[string]struct{})
-	q.order = q.order[:0]
+	q.order, q.younger = q.order[:0], q.younger[:0]
 	for _, p := range pairs {
-		if s.isContender(p) && p.Key != s.contender && p.CreateIndex < ours.CreateIndex {
+		switch {
+		case !s.isContender(p) || p.Key == s.contender:
+		case p.CreateIndex < ours.CreateIndex:
 			q.ahead[p.Session] = struct{}{}
 			q.order = append(q.order, p)
+		default:
+			q.younger = append(q.younger, p)
 		}
 	}
 	sort.Slice(q.order, func(i, j int) bool { return q.order[i].CreateIndex < q.order[j].CreateIndex })
+	sort.Slice(q.younger, func(i, j int) bool { return q.younger[i].CreateIndex < q.younger[j].CreateIndex })
 	// Sessions seen here and their keys, for prune.
 	q.alive(pairs)
 	return lockPair, nil
@@ -551,7 +557,6 @@ func (s *semaphoreHolder) held() <-chan struct{} {
 	watch(s.contender, func(pair *api.KVPair) bool {
 		return pair != nil && pair.Session == s.session
 	})
-	s.prefetch()
 	return lost
 }
 
