@@ -30,10 +30,9 @@ import (
 // withdraw).
 //
 // A waiter far back in the queue watches the contender key of the one two
-// rounds ahead rather than the lock key (see waitTurn). Handed a slot, it
-// notices when that key goes, which under first-come-first-served is
-// before its turn unless that holder runs far longer than the others, and
-// within pruneInterval at worst.
+// rounds ahead rather than the lock key (see waitTurn), and its own: the
+// transaction rewrites the waiter's contender key unchanged, which wakes
+// it.
 var handoffValue = []byte("ct-supervise:handoff")
 
 const (
@@ -162,7 +161,11 @@ func (s *semaphoreHolder) giveBack(ctx context.Context, pair *api.KVPair, next *
 		{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: s.contender}},
 	}
 	if next != nil {
-		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: next.Key, Index: next.ModifyIndex}})
+		// Rewritten as it was, by check-and-set: it fails if the waiter
+		// left or died since we read it, and the write wakes a waiter
+		// watching its own key rather than the lock key (see
+		// waitForKey). Consul keeps the key's session.
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: next.Key, Value: next.Value, Flags: next.Flags, Index: next.ModifyIndex}})
 	}
 	ok, resp, _, err := s.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {

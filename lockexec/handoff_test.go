@@ -2,6 +2,7 @@ package lockexec
 
 import (
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -29,6 +30,25 @@ func TestSuccessor(t *testing.T) {
 			t.Errorf("%s: successor = %s, want nobody", tt.name, got.Session)
 		case tt.want != "" && (got == nil || got.Session != tt.want):
 			t.Errorf("%s: successor = %v, want %s", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestFarWait(t *testing.T) {
+	tests := []struct {
+		ahead, limit int
+		want         time.Duration
+	}{
+		{20, 10, pruneInterval},
+		{39, 10, pruneInterval},
+		{40, 10, 2 * pruneInterval},
+		{200, 10, 10 * pruneInterval},
+		{100000, 10, blockingWait},
+		{4, 2, pruneInterval},
+	}
+	for _, tt := range tests {
+		if got := farWait(tt.ahead, tt.limit); got != tt.want {
+			t.Errorf("farWait(%d, %d) = %s, want %s", tt.ahead, tt.limit, got, tt.want)
 		}
 	}
 }

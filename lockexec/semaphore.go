@@ -95,6 +95,7 @@ type queue struct {
 	ahead     map[string]struct{} // older contenders not yet seen holding a slot
 	order     []*api.KVPair       // their contender keys, oldest first, as listed
 	younger   []*api.KVPair       // the contender keys after ours, oldest first
+	own       uint64              // our contender key's ModifyIndex
 	live      map[string]struct{} // sessions holding any key of the prefix
 	// vanished is when we first saw each listed holder without a live
 	// session. Kept across reads: the slot is reused vanishPeriod later.
@@ -247,7 +248,7 @@ func (s *semaphoreHolder) waitTurn(ctx context.Context, w *semWait) (again bool,
 		// older ones have had their turn by then, and we are still a
 		// round from ours. (One round would do if holders gave their
 		// slots back in the order they took them.)
-		if err := s.waitForKey(ctx, w.q.far(2*s.limit)); err != nil {
+		if err := s.waitForKey(ctx, w.q.far(2*s.limit), w.q.own, farWait(len(w.q.ahead), s.limit)); err != nil {
 			return false, err
 		}
 		w.mustList = true
@@ -338,6 +339,7 @@ func (s *semaphoreHolder) refresh(ctx context.Context, q *queue) (*api.KVPair, e
 		return nil, fmt.Errorf("our contender key %q is gone: session %s was invalidated", s.contender, s.session)
 	}
 	q.listed = time.Now()
+	q.own = ours.ModifyIndex
 	q.lockIndex = 0
 	if lockPair != nil {
 		q.lockIndex = lockPair.ModifyIndex
@@ -382,24 +384,72 @@ func (q *queue) far(n int) *api.KVPair {
 	return waiting[max(len(waiting)-n, 0)]
 }
 
-// waitForKey waits until the contender key p is gone or changes, or for
-// about pruneInterval, whichever comes first: its owner may also be stuck
+// waitForKey waits until the contender key p is gone, until a hand-off
+// writes our own contender key (still at index own as we last listed it),
+// or for about wait, whichever comes first: p's owner may also be stuck
 // without ever taking a slot, and we then have to look around again.
-func (s *semaphoreHolder) waitForKey(ctx context.Context, p *api.KVPair) error {
-	wait := jitter(pruneInterval)
-	rctx, cancel := blockingCtx(ctx, wait)
+func (s *semaphoreHolder) waitForKey(ctx context.Context, p *api.KVPair, own uint64, wait time.Duration) error {
+	until := time.Now().Add(jitter(wait))
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	opts := (&api.QueryOptions{WaitIndex: p.ModifyIndex, WaitTime: wait}).WithContext(rctx)
-	_, _, err := s.client.KV().Get(p.Key, opts)
+	done := make(chan error, 2)
+	go func() { done <- s.watchGone(wctx, p, until) }()
+	go func() {
+		_, err := s.watchChange(wctx, s.contender, own, until)
+		done <- err
+	}()
+	err := <-done
+	cancel()
+	<-done
 	switch {
 	case ctx.Err() != nil:
 		return waitEnded(ctx)
 	case err != nil && isTransient(err):
 		return newBackoff().wait(ctx)
 	case err != nil:
-		return fmt.Errorf("watching the contender key %q: %w", p.Key, err)
+		return fmt.Errorf("watching the contender keys %q and %q: %w", p.Key, s.contender, err)
 	}
 	return nil
+}
+
+// watchGone waits until the contender key p is gone or until. A change
+// that leaves it in place (its owner handed a slot) is waited past.
+func (s *semaphoreHolder) watchGone(ctx context.Context, p *api.KVPair, until time.Time) error {
+	index := p.ModifyIndex
+	for {
+		pair, err := s.watchChange(ctx, p.Key, index, until)
+		if err != nil || pair == nil || pair.Session != p.Session || !time.Now().Before(until) {
+			return err
+		}
+		index = pair.ModifyIndex
+	}
+}
+
+// watchChange is one blocking read of key past index, until at most.
+func (s *semaphoreHolder) watchChange(ctx context.Context, key string, index uint64, until time.Time) (*api.KVPair, error) {
+	wait := time.Until(until)
+	if wait <= 0 {
+		return nil, nil
+	}
+	rctx, cancel := blockingCtx(ctx, wait)
+	defer cancel()
+	pair, _, err := s.client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(rctx))
+	if ctx.Err() != nil {
+		return nil, nil
+	}
+	return pair, err
+}
+
+// farWait is how long a waiter with ahead contenders before it waits at
+// most for the one two rounds ahead before it looks around again: about
+// pruneInterval a couple of rounds from its turn, longer further back (up
+// to blockingWait), in proportion. Each look reads every contender key, so
+// with a fixed period a long queue would read the whole prefix once per
+// waiter per period, a cost that grows with the square of its length; in
+// proportion, the reads per period grow with its logarithm.
+func farWait(ahead, limit int) time.Duration {
+	rounds := max(ahead/(2*limit), 1)
+	return min(time.Duration(rounds)*pruneInterval, blockingWait)
 }
 
 // isContender reports whether p is a live contender key: one named after
