@@ -2,6 +2,7 @@ package lockexec_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -354,4 +355,92 @@ func TestRunSemaphoreHandsSlotOn(t *testing.T) {
 	otherHeld = false
 	_ = other.Destroy()
 	assertClean(t, client, prefix)
+}
+
+// TestRunSemaphoreWaiterGivesBackHandedSlot: a waiter that stops waiting
+// after a hand-off put it among the holders, unseen (it was waiting on
+// another key, far back in the queue), takes itself out of the holders.
+// Left there with its session gone, the slot would be lost to our other
+// waiters for the lock delay.
+func TestRunSemaphoreWaiterGivesBackHandedSlot(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	const limit = 2
+	holdElsewhere(t, client, prefix, limit)
+
+	// Four of ours ahead (two rounds), so that the last waits far back.
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after cancel: cleanups run last first
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	acquire := func(ctx context.Context, results chan<- error, onSession func(string)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lease, err := r.Acquire(ctx, lockexec.Options{Prefix: prefix, Limit: limit, Logger: testLogger(t), OnSession: onSession})
+			if err == nil {
+				<-ctx.Done()
+				err = lease.Release()
+			}
+			results <- err
+		}()
+	}
+	ahead := make(chan error, 4)
+	for i := range 4 {
+		acquire(ctx, ahead, nil)
+		waitFor(t, "the waiters' sessions", 10*time.Second, func() bool { return len(ourSessions(t, client, prefix)) == i+1 })
+	}
+	lastCtx, stopLast := context.WithCancel(ctx)
+	last := make(chan error, 1)
+	sessions := make(chan string, 1)
+	acquire(lastCtx, last, func(id string) { sessions <- id })
+	session := <-sessions
+	time.Sleep(500 * time.Millisecond)
+
+	// A hand-off to the last waiter: one holder out, the waiter in.
+	key := prefix + "/" + lockexec.LockKeySuffix
+	for {
+		pair, _, err := client.KV().Get(key, nil)
+		if err != nil || pair == nil {
+			t.Fatalf("reading %s: %v", key, err)
+		}
+		var v struct {
+			Limit   int
+			Holders map[string]bool
+		}
+		if err := json.Unmarshal(pair.Value, &v); err != nil {
+			t.Fatal(err)
+		}
+		for id := range v.Holders {
+			delete(v.Holders, id)
+			break
+		}
+		v.Holders[session] = true
+		if pair.Value, err = json.Marshal(v); err != nil {
+			t.Fatal(err)
+		}
+		if ok, _, err := client.KV().CAS(pair, nil); err != nil {
+			t.Fatal(err)
+		} else if ok {
+			break
+		}
+	}
+	stopLast()
+	select {
+	case err := <-last:
+		if err == nil {
+			t.Fatal("the last waiter acquired: it was meant to be waiting far back")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the last waiter did not stop waiting")
+	}
+	pair, _, err := client.KV().Get(key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pair != nil && strings.Contains(string(pair.Value), session) {
+		t.Errorf("the waiter that stopped is still among the holders: %s", pair.Value)
+	}
 }
