@@ -444,3 +444,86 @@ func TestRunSemaphoreWaiterGivesBackHandedSlot(t *testing.T) {
 		t.Errorf("the waiter that stopped is still among the holders: %s", pair.Value)
 	}
 }
+
+// TestRunSemaphoreHandOffWakesFarWaiter: a waiter far back in the queue
+// watches the contender key two rounds ahead of it, not the lock key. When
+// a hand-off reaches it while that one still holds its slot, the hand-off
+// wakes it through its own contender key; without that it would notice
+// only when its far wait ran out (6 s and more here).
+func TestRunSemaphoreHandOffWakesFarWaiter(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	const limit, waiting = 2, 8
+
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after cancel: cleanups run last first
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	type got struct {
+		lease *lockexec.Lease
+		err   error
+	}
+	acquire := func() chan got {
+		ch := make(chan got, 1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lease, err := r.Acquire(ctx, lockexec.Options{Prefix: prefix, Limit: limit, Logger: testLogger(t)})
+			ch <- got{lease, err}
+			if err == nil {
+				<-ctx.Done()
+				_ = lease.Release()
+			}
+		}()
+		return ch
+	}
+	held := func(ch chan got, who string) *lockexec.Lease {
+		t.Helper()
+		select {
+		case g := <-ch:
+			if g.err != nil {
+				t.Fatalf("%s: %v", who, g.err)
+			}
+			return g.lease
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s did not get a slot", who)
+		}
+		return nil
+	}
+	// Our two holders, then the waiters, in order.
+	holders := []*lockexec.Lease{held(acquire(), "holder 1"), held(acquire(), "holder 2")}
+	var queue []chan got
+	for i := range waiting + 1 {
+		queue = append(queue, acquire())
+		waitFor(t, "the waiters' sessions", 10*time.Second, func() bool { return len(ourSessions(t, client, prefix)) == limit+i+1 })
+	}
+	time.Sleep(500 * time.Millisecond)
+
+	// Slot 1 goes down the queue to the fifth waiter, which keeps it: the
+	// last waiter watches its contender key.
+	lease := holders[0]
+	for i := range 5 {
+		if err := lease.Release(); err != nil {
+			t.Fatal(err)
+		}
+		lease = held(queue[i], fmt.Sprintf("waiter %d", i+1))
+	}
+	// Slot 2 goes down the rest of the queue to the last waiter.
+	lease = holders[1]
+	for i := 5; i < waiting; i++ {
+		if err := lease.Release(); err != nil {
+			t.Fatal(err)
+		}
+		lease = held(queue[i], fmt.Sprintf("waiter %d", i+1))
+	}
+	if err := lease.Release(); err != nil {
+		t.Fatal(err)
+	}
+	released := time.Now()
+	held(queue[waiting], "the last waiter")
+	if took := time.Since(released); took > 3*time.Second {
+		t.Errorf("the last waiter took %s to notice the slot handed to it", took)
+	}
+}
