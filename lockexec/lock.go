@@ -207,9 +207,13 @@ func (l *lockHolder) held() <-chan struct{} {
 }
 
 func (l *lockHolder) release() error {
+	// The monitor is stopped, but not waited for until the lock is
+	// given back: its blocking query takes a moment to unwind, and the
+	// next holder should not wait for that. Once cancelled it reports
+	// nothing.
 	if l.stopMonitor != nil {
 		l.stopMonitor()
-		<-l.monitorDone
+		defer func() { <-l.monitorDone }()
 	}
 	// The result does not matter: false only means that we no longer held
 	// it, which the monitor has already reported.

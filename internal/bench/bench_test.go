@@ -170,3 +170,22 @@ func BenchmarkRegisterInProcess(b *testing.B) {
 		}
 	}
 }
+
+func TestBusyAverage(t *testing.T) {
+	tests := []struct {
+		name string
+		ivs  []interval
+		want float64
+	}{
+		{"none", nil, 0},
+		{"one run", []interval{{"a", 0, 100}}, 1},
+		{"two side by side", []interval{{"a", 0, 100}, {"b", 0, 100}}, 2},
+		{"a gap between two", []interval{{"a", 0, 100}, {"b", 300, 400}}, 0.5},
+		{"staggered", []interval{{"a", 0, 100}, {"b", 50, 150}, {"c", 100, 200}}, 1.5},
+	}
+	for _, tt := range tests {
+		if got := busyAverage(tt.ivs); got != tt.want {
+			t.Errorf("%s: busyAverage = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -13,12 +13,15 @@
 //     runs a plugin, against a no-op Go binary started the same way.
 //  2. exec: return time while another node (the benchmark) holds the lock.
 //  3. lock hand-off: from one holder's command exit to the next waiting
-//     holder's command start, ct-supervise run vs consul lock; and (3b) the
-//     gate hand-off: from a -wait-healthy holder's check passing to the
-//     next waiting holder's command start.
+//     holder's command start, ct-supervise run vs consul lock, and its
+//     ratio to the floor measured on the same agent: a blocking wake-up,
+//     a KV write and a fork of /bin/true; and (3b) the gate hand-off: from
+//     a -wait-healthy holder's check passing to the next waiting holder's
+//     command start.
 //  4. rolling overhead: 20 contenders with a 100 ms action, n=1 and n=5.
 //  5. scale: up to 200 contenders on one n=10 semaphore; the agent's HTTP
-//     request counters per completed action, and how they grow.
+//     request counters per completed action, and how they grow; the slots
+//     kept busy on average; 1000 contenders in the full run only.
 //  6. memory: peak RSS of register, exec, the worker and a lock holder.
 //
 // Every process it starts runs in a process group of its own and is stopped
@@ -71,6 +74,7 @@ type params struct {
 	scaleLimit    int           // the scale test's -n
 	scaleSleep    time.Duration // the action's duration in the scale test
 	scaleConsulK  int           // the largest K also run with consul lock (0: none)
+	scaleHugeK    int           // contenders of the extra scale point, ct-supervise only (0: none)
 }
 
 func fullParams() params {
@@ -89,6 +93,7 @@ func fullParams() params {
 		scaleLimit:    10,
 		scaleSleep:    50 * time.Millisecond,
 		scaleConsulK:  200,
+		scaleHugeK:    1000,
 	}
 }
 
@@ -101,6 +106,7 @@ func quickParams() params {
 	p.rollingReps = 1
 	p.scaleK = []int{25, 50, 100}
 	p.scaleConsulK = 100
+	p.scaleHugeK = 0
 	return p
 }
 

@@ -251,7 +251,17 @@ func (b *bench) benchExec(res *Results) error {
 // contenders queue behind the benchmark's hold; once released, each runs
 // the stamp command in turn, and the gap between one's end and the next
 // one's start is the hand-off. Rounds alternate between the tools.
+//
+// The floor (see floor) is measured on the same agent before and after the
+// rounds, and each hand-off row says how far above it the median is.
 func (b *bench) benchHandoff(res *Results) error {
+	var fl floor
+	b.logf("hand-off: the floor (a KV write, a blocking wake-up, a fork of /bin/true), %d samples each", floorSamples)
+	if err := b.measureFloor(&fl, "bench/floor"); err != nil {
+		return err
+	}
+	var rows []Row
+	var medians []float64
 	for _, k := range b.p.handoffK {
 		rounds := b.p.handoffRounds[k]
 		b.logf("hand-off: %d contenders, %d rounds per tool", k, rounds)
@@ -276,12 +286,25 @@ func (b *bench) benchHandoff(res *Results) error {
 		}
 		c, base := summarize(gaps[toolCTS], "ms"), summarize(gaps[toolConsul], "ms")
 		met := c.Median <= 20 && c.Median <= base.Median*1.05
-		res.add(Row{
+		rows = append(rows, Row{
 			ID: "3", Measure: fmt.Sprintf("lock hand-off, %d waiting contenders (command exit → next command start), n=1", k),
 			N: fmt.Sprintf("%d + %d", c.N, base.N), Value: &c, Baseline: "consul lock", Base: &base,
 			Target: "median ≤ 20 ms and ≤ consul lock (5% noise margin)", Met: &met,
 			Note: fmt.Sprintf("%.2f× consul lock", c.Median/base.Median),
 		})
+		medians = append(medians, c.Median, base.Median)
+	}
+	if err := b.measureFloor(&fl, "bench/floor"); err != nil {
+		return err
+	}
+	total := fl.total()
+	res.add(fl.row())
+	for i, row := range rows {
+		row.Note += fmt.Sprintf("; %.1f× the floor (consul lock %.1f×)", medians[2*i]/total, medians[2*i+1]/total)
+		res.add(row)
+	}
+	res.Details["floor_ms"] = map[string]any{
+		"total": total, "write": summarize(fl.write, "ms"), "wake": summarize(fl.wake, "ms"), "fork": summarize(fl.fork, "ms"),
 	}
 	return nil
 }
@@ -305,6 +328,7 @@ func (b *bench) benchRolling(res *Results) error {
 		b.logf("rolling: %d contenders × %s, n=%d (ideal %s), %d run(s) per tool", p.rollingK, p.rollingSleep, n, ideal, p.rollingReps)
 		over := map[string][]float64{}
 		walls := map[string][]float64{}
+		busy := map[string][]float64{}
 		peak := map[string]int{}
 		for r := range p.rollingReps {
 			for _, tool := range toolOrder(r) {
@@ -325,6 +349,7 @@ func (b *bench) benchRolling(res *Results) error {
 				peak[tool] = max(peak[tool], maxConcurrent(out.ivs))
 				over[tool] = append(over[tool], 100*(float64(span(out.ivs))/float64(ideal)-1))
 				walls[tool] = append(walls[tool], ms(span(out.ivs)))
+				busy[tool] = append(busy[tool], busyAverage(out.ivs))
 			}
 		}
 		c, base := summarize(over[toolCTS], "%"), summarize(over[toolConsul], "%")
@@ -332,6 +357,10 @@ func (b *bench) benchRolling(res *Results) error {
 		met := c.Median <= 10 && peak[toolCTS] <= n
 		note := fmt.Sprintf("first start → last end: %s vs %s; at most %d (ct-supervise) and %d (consul lock) at once",
 			fmtMS(cw.Median), fmtMS(bw.Median), peak[toolCTS], peak[toolConsul])
+		cb, bb := summarize(busy[toolCTS], "slots"), summarize(busy[toolConsul], "slots")
+		if n > 1 {
+			note += fmt.Sprintf("; slots busy on average %.1f (consul lock %.1f) of %d", cb.Median, bb.Median, n)
+		}
 		if peak[toolCTS] > n || peak[toolConsul] > n {
 			note += fmt.Sprintf("; LIMIT EXCEEDED (n=%d)", n)
 		}
@@ -343,7 +372,7 @@ func (b *bench) benchRolling(res *Results) error {
 		})
 		res.Details["rolling_n"+fmt.Sprint(n)] = map[string]any{
 			"ideal_ms": ms(ideal), "span_ms": map[string]Summary{toolCTS: cw, toolConsul: bw},
-			"max_concurrent": peak,
+			"max_concurrent": peak, "busy_average": map[string]Summary{toolCTS: cb, toolConsul: bb},
 		}
 	}
 	return nil
@@ -363,6 +392,9 @@ type scalePoint struct {
 	ByEndpoint    map[string]float64 `json:"requests_by_endpoint"`
 	AgentCPU      float64            `json:"agent_cpu_seconds"`
 	ContenderCPU  float64            `json:"contender_cpu_seconds"`
+	// BusyAverage is the slots busy on average from the first command
+	// start to the last command end.
+	BusyAverage float64 `json:"busy_average"`
 }
 
 // benchScale starts K contenders at once on one semaphore and counts the
@@ -371,27 +403,9 @@ func (b *bench) benchScale(res *Results) error {
 	p := b.p
 	var points []scalePoint
 	run := func(tool string, k int) error {
-		ideal := time.Duration(k) * p.scaleSleep / time.Duration(p.scaleLimit)
-		b.logf("scale: %s, %d contenders on one n=%d semaphore, %s actions (ideal %s)", tool, k, p.scaleLimit, p.scaleSleep, ideal)
-		name := fmt.Sprintf("s%04d-%s", k, short(tool))
-		out, err := b.runRound(lockRound{
-			tool: tool, name: name, prefix: "bench/scale/" + name,
-			k: k, limit: p.scaleLimit, sleep: p.scaleSleep, count: true, preHold: true,
-			timeout: 5 * time.Minute,
-		})
-		if err != nil {
-			return err
-		}
-		pt := scalePoint{
-			Tool: tool, Contenders: k, Limit: p.scaleLimit, Completed: len(out.ivs),
-			MaxConcurrent: maxConcurrent(out.ivs), TotalMS: ms(out.wall), IdealMS: ms(ideal),
-			Requests: out.requests, PerAction: out.requests / float64(len(out.ivs)), ByEndpoint: out.byEndpoint,
-			AgentCPU: out.agentCPU, ContenderCPU: out.contenderCPU,
-		}
-		b.logf("scale: %s, %d contenders: %s, %.0f requests (%.1f per action), at most %d at once, CPU: agent %.1f s, contenders %.1f s",
-			tool, k, fmtMS(pt.TotalMS), pt.Requests, pt.PerAction, pt.MaxConcurrent, pt.AgentCPU, pt.ContenderCPU)
+		pt, err := b.runScale(tool, k)
 		points = append(points, pt)
-		return nil
+		return err
 	}
 	for _, k := range p.scaleK {
 		if err := run(toolCTS, k); err != nil {
@@ -448,10 +462,14 @@ func (b *bench) benchScale(res *Results) error {
 			top.Completed, top.Contenders, top.MaxConcurrent,
 			list(func(pt scalePoint) string { return fmtMS(pt.TotalMS) }), timeExp, timeGrowth),
 	}
+	row.Note += fmt.Sprintf("; %.2f× ideal, %.1f of %d slots busy on average (by contenders: %s)",
+		top.TotalMS/top.IdealMS, top.BusyAverage, top.Limit,
+		list(func(pt scalePoint) string { return fmt.Sprintf("%.1f", pt.BusyAverage) }))
 	if consulPt != nil && consulPt.Contenders == top.Contenders {
 		bt := summarize([]float64{consulPt.TotalMS}, "ms")
 		row.Baseline, row.Base = "consul lock", &bt
-		row.Note += fmt.Sprintf("; consul lock: %d/%d, at most %d at once", consulPt.Completed, consulPt.Contenders, consulPt.MaxConcurrent)
+		row.Note += fmt.Sprintf("; consul lock: %d/%d, at most %d at once, %.2f× ideal, %.1f busy on average",
+			consulPt.Completed, consulPt.Contenders, consulPt.MaxConcurrent, consulPt.TotalMS/consulPt.IdealMS, consulPt.BusyAverage)
 	}
 	res.add(row)
 
@@ -490,7 +508,62 @@ func (b *bench) benchScale(res *Results) error {
 		res.add(cpuRow)
 	}
 	res.Details["scale_growth_exponent"] = exp
+	if p.scaleHugeK > 0 {
+		return b.benchScaleHuge(res, top)
+	}
 	return nil
+}
+
+// benchScaleHuge runs ct-supervise alone (`consul lock` would take minutes)
+// with p.scaleHugeK contenders, and compares what each action cost with the
+// largest point of the scale test: with costs linear in the contenders,
+// requests and CPU per action stay flat.
+func (b *bench) benchScaleHuge(res *Results, ref scalePoint) error {
+	pt, err := b.runScale(toolCTS, b.p.scaleHugeK)
+	if err != nil {
+		return err
+	}
+	res.Details["scale_huge"] = pt
+	ok := pt.Completed == pt.Contenders && pt.MaxConcurrent <= pt.Limit
+	total := summarize([]float64{pt.TotalMS}, "ms")
+	cpu := func(pt scalePoint) float64 { return 1000 * (pt.AgentCPU + pt.ContenderCPU) / float64(pt.Completed) }
+	res.add(Row{
+		ID: "5b",
+		Measure: fmt.Sprintf("scale: %d contenders queued on one semaphore, n=%d, %s actions: release → last exit (ideal %s)",
+			pt.Contenders, pt.Limit, b.p.scaleSleep, fmtMS(pt.IdealMS)),
+		N: "1 run", Value: &total,
+		Target: fmt.Sprintf("all complete, never more than %d at once", pt.Limit), Met: &ok,
+		Note: fmt.Sprintf("%d/%d completed, at most %d at once, %.2f× ideal, %.1f of %d slots busy on average; "+
+			"per action: %.0f requests, %s CPU (agent + contenders); at %d contenders: %.0f requests, %s",
+			pt.Completed, pt.Contenders, pt.MaxConcurrent, pt.TotalMS/pt.IdealMS, pt.BusyAverage, pt.Limit,
+			pt.PerAction, fmtMS(cpu(pt)), ref.Contenders, ref.PerAction, fmtMS(cpu(ref))),
+	})
+	return nil
+}
+
+// runScale runs one point of the scale test.
+func (b *bench) runScale(tool string, k int) (scalePoint, error) {
+	p := b.p
+	ideal := time.Duration(k) * p.scaleSleep / time.Duration(p.scaleLimit)
+	b.logf("scale: %s, %d contenders on one n=%d semaphore, %s actions (ideal %s)", tool, k, p.scaleLimit, p.scaleSleep, ideal)
+	name := fmt.Sprintf("s%04d-%s", k, short(tool))
+	out, err := b.runRound(lockRound{
+		tool: tool, name: name, prefix: "bench/scale/" + name,
+		k: k, limit: p.scaleLimit, sleep: p.scaleSleep, count: true, preHold: true,
+		timeout: 5*time.Minute + time.Duration(k)*200*time.Millisecond,
+	})
+	if err != nil {
+		return scalePoint{}, err
+	}
+	pt := scalePoint{
+		Tool: tool, Contenders: k, Limit: p.scaleLimit, Completed: len(out.ivs),
+		MaxConcurrent: maxConcurrent(out.ivs), TotalMS: ms(out.wall), IdealMS: ms(ideal),
+		Requests: out.requests, PerAction: out.requests / float64(len(out.ivs)), ByEndpoint: out.byEndpoint,
+		AgentCPU: out.agentCPU, ContenderCPU: out.contenderCPU, BusyAverage: busyAverage(out.ivs),
+	}
+	b.logf("scale: %s, %d contenders: %s, %.0f requests (%.1f per action), at most %d at once, %.1f busy on average, CPU: agent %.1f s, contenders %.1f s",
+		tool, k, fmtMS(pt.TotalMS), pt.Requests, pt.PerAction, pt.MaxConcurrent, pt.BusyAverage, pt.AgentCPU, pt.ContenderCPU)
+	return pt, nil
 }
 
 func kbToMB(kb int64) float64 { return float64(kb) / 1024 }
