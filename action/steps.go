@@ -126,10 +126,7 @@ func (r *runner) blockedNow(ctx context.Context) string {
 	}
 	var ro fleet.Rollout
 	var err error
-	if ro.Halt, err = f.Halt(ctx); err != nil {
-		return ""
-	}
-	if ro.Pause, err = f.Pause(ctx); err != nil {
+	if ro.Halt, ro.Pause, err = f.Switches(ctx); err != nil {
 		return ""
 	}
 	return ro.BlockedFor(r.opts.Node)
@@ -143,13 +140,20 @@ func (r *runner) underLease(ctx context.Context, lease *lockexec.Lease, res Resu
 		r.opts.Lock.OnAcquired()
 	}
 	err := r.steps(ctx, lease, &res)
-	if err == nil && res.ExitCode == 0 {
-		r.clearOwnHalt(lease.Context())
-	} else {
+	ok := err == nil && res.ExitCode == 0
+	if !ok {
 		r.recordFailure(res, err)
 	}
 	if rerr := lease.Release(); rerr != nil && err == nil {
 		err = rerr
+	}
+	if ok {
+		// After the release, off the hand-off's path: a halt this node
+		// set is rare, and a node that finds it in the meantime waits
+		// until it goes, a round trip later.
+		cctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		r.clearOwnHalt(cctx)
+		cancel()
 	}
 	return res, err
 }

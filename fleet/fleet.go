@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -169,6 +170,40 @@ func (f *Fleet) Pause(ctx context.Context) (*Pause, error) {
 		}
 	}
 	return nil, nil
+}
+
+// Switches reads the halt and the pause in force (the action's own pause
+// first, else the global one) with the three reads made at once: a node
+// that just acquired the lock asks before its command starts, so this is
+// on the hand-off's path and costs one round trip, not three.
+func (f *Fleet) Switches(ctx context.Context) (*Halt, *Pause, error) {
+	var (
+		h                  Halt
+		own, global        Pause
+		hOK, ownOK, globOK bool
+		errs               [3]error
+		wg                 sync.WaitGroup
+	)
+	wg.Add(3)
+	go func() { defer wg.Done(); hOK, errs[0] = f.get(ctx, f.dir+haltKey, &h) }()
+	go func() { defer wg.Done(); ownOK, errs[1] = f.get(ctx, f.pauseKey(false), &own) }()
+	go func() { defer wg.Done(); globOK, errs[2] = f.get(ctx, f.pauseKey(true), &global) }()
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		return nil, nil, err
+	}
+	var halt *Halt
+	if hOK {
+		halt = &h
+	}
+	switch {
+	case ownOK:
+		return halt, &own, nil
+	case globOK:
+		global.Global = true
+		return halt, &global, nil
+	}
+	return halt, nil, nil
 }
 
 func (f *Fleet) pauseKey(global bool) string {

@@ -216,3 +216,35 @@ func TestRestingRecordIsNotGone(t *testing.T) {
 		t.Fatalf("records = %+v, want web-1 resting and web-2 gone", recs)
 	}
 }
+
+// Switches reads what Halt and Pause read, in one round trip: the halt,
+// and the action's own pause before the global one.
+func TestSwitches(t *testing.T) {
+	f, c := newFleet(t)
+	ctx := context.Background()
+	t.Cleanup(func() { _, _ = c.KV().Delete(GlobalPauseKey, nil) })
+	check := func(what string, wantHalt bool, wantBy string, wantGlobal bool) {
+		t.Helper()
+		h, p, err := f.Switches(ctx)
+		switch {
+		case err != nil:
+			t.Fatalf("%s: %v", what, err)
+		case (h != nil) != wantHalt:
+			t.Fatalf("%s: halt %+v, want one: %v", what, h, wantHalt)
+		case wantBy == "" && p != nil, wantBy != "" && (p == nil || p.By != wantBy || p.Global != wantGlobal):
+			t.Fatalf("%s: pause %+v, want by %q global %v", what, p, wantBy, wantGlobal)
+		}
+	}
+	check("nothing set", false, "", false)
+	if err := f.SetHalt(ctx, Halt{Node: "web-2", Reason: "exit 1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetPause(ctx, Pause{By: "alice", Global: true}); err != nil {
+		t.Fatal(err)
+	}
+	check("halt and global pause", true, "alice", true)
+	if err := f.SetPause(ctx, Pause{By: "bob"}); err != nil {
+		t.Fatal(err)
+	}
+	check("own pause too", true, "bob", false)
+}
