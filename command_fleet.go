@@ -94,6 +94,35 @@ func (f *fleetFlags) target(args []string) (name string, fl *fleet.Fleet, prefix
 	return name, fleet.New(client, prefix), prefix, nil
 }
 
+// fleetTarget is what pause, resume and rollout act on, once parsed.
+type fleetTarget struct {
+	name   string // "" with -all
+	prefix string
+	fleet  *fleet.Fleet
+	all    bool
+}
+
+// parseFleet parses a fleet subcommand's flags (the shared ones, with -all
+// when all, and those bind adds) and its NAME. done reports that the
+// caller should return code.
+func (c *CLI) parseFleet(cmd, usage string, all bool, args []string, bind func(*flag.FlagSet)) (t fleetTarget, code int, done bool) {
+	fs := newFlagSet(cmd)
+	var ff fleetFlags
+	ff.bind(fs, all)
+	if bind != nil {
+		bind(fs)
+	}
+	names, code, done := c.parseFleetArgs(fs, cmd, usage, args)
+	if done {
+		return t, code, true
+	}
+	name, fl, prefix, err := ff.target(names)
+	if err != nil {
+		return t, c.usageError(cmd, err), true
+	}
+	return fleetTarget{name: name, prefix: prefix, fleet: fl, all: ff.all}, 0, false
+}
+
 // parseFleetArgs parses flags written before or after NAME, as operators
 // type them (`pause web -reason "db migration"`), and returns the
 // arguments that are not flags.
@@ -146,25 +175,21 @@ func (c *CLI) consulFailure(cmd string, err error) int {
 // pauseCommand is `ct-supervise pause`.
 func (c *CLI) pauseCommand(args []string) int {
 	const cmd = "pause"
-	fs := newFlagSet(cmd)
-	var ff fleetFlags
-	ff.bind(fs, true)
-	reason := fs.String("reason", "", "why, shown by status and rollout on every node")
-	names, code, done := c.parseFleetArgs(fs, cmd, pauseUsage, args)
+	var reason *string
+	t, code, done := c.parseFleet(cmd, pauseUsage, true, args, func(fs *flag.FlagSet) {
+		reason = fs.String("reason", "", "why, shown by status and rollout on every node")
+	})
 	if done {
 		return code
 	}
-	name, fl, prefix, err := ff.target(names)
-	if err != nil {
-		return c.usageError(cmd, err)
-	}
+	name, fl, prefix := t.name, t.fleet, t.prefix
 	ctx, cancel := context.WithTimeout(context.Background(), fleetTimeout)
 	defer cancel()
-	p := fleet.Pause{By: operator(), Reason: *reason, At: time.Now().UTC(), Global: ff.all}
+	p := fleet.Pause{By: operator(), Reason: *reason, At: time.Now().UTC(), Global: t.all}
 	if err := fl.SetPause(ctx, p); err != nil {
 		return c.consulFailure(cmd, err)
 	}
-	if ff.all {
+	if t.all {
 		fmt.Fprintf(c.stdout, "paused every action (%s); 'ct-supervise resume -all' lifts it\n", fleet.GlobalPauseKey)
 	} else {
 		fmt.Fprintf(c.stdout, "paused %q (%s%s); 'ct-supervise resume %s' lifts it\n", name, prefix, fleet.Suffix, name)
@@ -175,20 +200,14 @@ func (c *CLI) pauseCommand(args []string) int {
 // resumeCommand is `ct-supervise resume`.
 func (c *CLI) resumeCommand(args []string) int {
 	const cmd = "resume"
-	fs := newFlagSet(cmd)
-	var ff fleetFlags
-	ff.bind(fs, true)
-	names, code, done := c.parseFleetArgs(fs, cmd, resumeUsage, args)
+	t, code, done := c.parseFleet(cmd, resumeUsage, true, args, nil)
 	if done {
 		return code
 	}
-	name, fl, prefix, err := ff.target(names)
-	if err != nil {
-		return c.usageError(cmd, err)
-	}
+	name, fl, prefix := t.name, t.fleet, t.prefix
 	ctx, cancel := context.WithTimeout(context.Background(), fleetTimeout)
 	defer cancel()
-	if ff.all {
+	if t.all {
 		ok, err := fl.ClearPause(ctx, true)
 		if err != nil {
 			return c.consulFailure(cmd, err)
@@ -222,19 +241,15 @@ func (c *CLI) resumeCommand(args []string) int {
 // rolloutCommand is `ct-supervise rollout`.
 func (c *CLI) rolloutCommand(args []string) int {
 	const cmd = "rollout"
-	fs := newFlagSet(cmd)
-	var ff fleetFlags
-	ff.bind(fs, false)
-	asJSON := fs.Bool("json", false, "print JSON")
-	watch := fs.Bool("watch", false, "redraw on every change, until interrupted")
-	names, code, done := c.parseFleetArgs(fs, cmd, rolloutUsage, args)
+	var asJSON, watch *bool
+	t, code, done := c.parseFleet(cmd, rolloutUsage, false, args, func(fs *flag.FlagSet) {
+		asJSON = fs.Bool("json", false, "print JSON")
+		watch = fs.Bool("watch", false, "redraw on every change, until interrupted")
+	})
 	if done {
 		return code
 	}
-	name, fl, prefix, err := ff.target(names)
-	if err != nil {
-		return c.usageError(cmd, err)
-	}
+	name, fl, prefix := t.name, t.fleet, t.prefix
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var changes <-chan struct{}
