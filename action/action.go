@@ -71,7 +71,8 @@ var (
 type Options struct {
 	// Lock is the lock and the command: prefix, limit, session settings,
 	// Try, the command and its streams, signals, KillGrace, hooks. Its
-	// OnAcquired is called once the lock is held.
+	// OnAcquired is called once the lock is held, just before the command
+	// starts (after maintenance and drain).
 	Lock lockexec.Options
 
 	// Check is run before contending for the lock (e.g. `nginx -t`); a

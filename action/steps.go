@@ -136,9 +136,6 @@ func (r *runner) blockedNow(ctx context.Context) string {
 // release comes last, after the halt record, so that the next node already
 // finds the halt when it gets the lock.
 func (r *runner) underLease(ctx context.Context, lease *lockexec.Lease, res Result) (Result, error) {
-	if r.opts.Lock.OnAcquired != nil {
-		r.opts.Lock.OnAcquired()
-	}
 	err := r.steps(ctx, lease, &res)
 	ok := err == nil && res.ExitCode == 0
 	if !ok {
@@ -177,6 +174,13 @@ func (r *runner) steps(ctx context.Context, lease *lockexec.Lease, res *Result) 
 		}
 	}
 	r.phase(PhaseRunning, strings.Join(r.opts.Lock.Command, " "))
+	// Right before the start, not when the lock came: the worker records
+	// "holding" here and the pid just after, and a successor that finds
+	// the first without the second cannot tell whether a command runs,
+	// so it leaves the lock to expire. Keep that window to a fork.
+	if r.opts.Lock.OnAcquired != nil {
+		r.opts.Lock.OnAcquired()
+	}
 	started := time.Now()
 	cres, err := lease.RunCommand(ctx, r.opts.Lock)
 	waited := res.Waited
