@@ -40,13 +40,8 @@ func (f *Fleet) Rollout(ctx context.Context, prefix string) (Rollout, error) {
 	if r.Nodes, err = f.Records(ctx); err != nil {
 		return r, err
 	}
-	if r.Halt, err = f.Halt(ctx); err != nil {
-		return r, err
-	}
-	if r.Pause, err = f.Pause(ctx); err != nil {
-		return r, err
-	}
-	return r, nil
+	r.Halt, r.Pause, err = f.Switches(ctx)
+	return r, err
 }
 
 // Summary is the one-line state of the rollout, e.g.

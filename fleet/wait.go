@@ -30,9 +30,7 @@ func (f *Fleet) WaitClearFor(ctx context.Context, node string, onBlocked func(wh
 	for {
 		r := Rollout{}
 		var err error
-		if r.Halt, err = f.Halt(ctx); err == nil {
-			r.Pause, err = f.Pause(ctx)
-		}
+		r.Halt, r.Pause, err = f.Switches(ctx)
 		if err != nil && last == "" {
 			// The first read: a Consul that cannot be read at all
 			// (unreachable, a token without key:read) is the caller's
