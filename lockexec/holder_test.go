@@ -390,13 +390,14 @@ func TestRunSemaphoreWaiterGivesBackHandedSlot(t *testing.T) {
 	ahead := make(chan error, 4)
 	for i := range 4 {
 		acquire(ctx, ahead, nil)
-		waitFor(t, "the waiters' sessions", 10*time.Second, func() bool { return len(ourSessions(t, client, prefix)) == i+1 })
+		waitContenders(t, client, prefix, limit+i+1) // the two held elsewhere have one each
 	}
 	lastCtx, stopLast := context.WithCancel(ctx)
 	last := make(chan error, 1)
 	sessions := make(chan string, 1)
 	acquire(lastCtx, last, func(id string) { sessions <- id })
 	session := <-sessions
+	waitContenders(t, client, prefix, limit+5)
 	time.Sleep(500 * time.Millisecond)
 
 	// A hand-off to the last waiter: one holder out, the waiter in.
@@ -497,7 +498,7 @@ func TestRunSemaphoreHandOffWakesFarWaiter(t *testing.T) {
 	var queue []chan got
 	for i := range waiting + 1 {
 		queue = append(queue, acquire())
-		waitFor(t, "the waiters' sessions", 10*time.Second, func() bool { return len(ourSessions(t, client, prefix)) == limit+i+1 })
+		waitContenders(t, client, prefix, limit+i+1)
 	}
 	time.Sleep(500 * time.Millisecond)
 
