@@ -210,6 +210,27 @@ func ourSessions(t *testing.T, c *api.Client, prefix string) []*api.SessionEntry
 	return ours
 }
 
+// waitContenders waits until n contender keys of the semaphore at prefix
+// exist. A waiter's place in the queue is its contender key's, written
+// after its session: waiting for the sessions alone would let a later
+// waiter's key overtake an earlier one's on a busy machine.
+func waitContenders(t *testing.T, c *api.Client, prefix string, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d contender keys", n), 10*time.Second, func() bool {
+		pairs, _, err := c.KV().List(prefix+"/", nil)
+		if err != nil {
+			t.Fatalf("listing %s: %v", prefix, err)
+		}
+		got := 0
+		for _, p := range pairs {
+			if p.Session != "" && p.Key == prefix+"/"+p.Session {
+				got++
+			}
+		}
+		return got == n
+	})
+}
+
 // waitOurSession waits until Run has created its session for prefix and
 // returns its ID.
 func waitOurSession(t *testing.T, c *api.Client, prefix string) string {

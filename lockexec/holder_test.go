@@ -2,16 +2,19 @@ package lockexec_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
 
 	"ct-supervise/lockexec"
 )
@@ -293,4 +296,235 @@ func TestRunSemaphoreInteropWithAPI(t *testing.T) {
 	}
 	_ = c.Destroy()
 	assertClean(t, client, prefix)
+}
+
+// TestRunSemaphoreHandsSlotOn: a holder giving its slot back hands it to
+// our oldest waiter in the same write, instead of freeing it for the
+// waiters to race for; the limit holds throughout.
+func TestRunSemaphoreHandsSlotOn(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	const limit = 2
+	dir := t.TempDir()
+
+	// The other slot is held elsewhere for the whole test.
+	other, err := client.SemaphoreOpts(&api.SemaphoreOptions{Prefix: prefix, Limit: limit, SessionName: "test holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Acquire(nil); err != nil {
+		t.Fatalf("api acquire: %v", err)
+	}
+	otherHeld := true
+	t.Cleanup(func() {
+		if otherHeld {
+			_ = other.Release()
+		}
+	})
+
+	var log syncBuffer
+	opts := shellOpts(t, prefix, limit, fmt.Sprintf(`touch %[1]s/first; while [ ! -e %[1]s/go ]; do sleep 0.05; done`, dir))
+	opts.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: &log})
+	first := startRun(t, context.Background(), r, opts)
+	first.waitStarted(t, dir+"/first")
+
+	waiter := startRun(t, context.Background(), r, shellOpts(t, prefix, limit, "touch "+dir+"/waiter"))
+	waitFor(t, "the waiter's session", 10*time.Second, func() bool { return len(ourSessions(t, client, prefix)) == 2 })
+	time.Sleep(200 * time.Millisecond)
+	if fileExists(dir + "/waiter") {
+		t.Fatal("the waiter ran while every slot was held")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+	res, err := waiter.wait(t, 10*time.Second)
+	if err != nil {
+		t.Fatalf("waiter: %v", err)
+	}
+	if want := "semaphore slot handed over"; !strings.Contains(log.String(), want) || !strings.Contains(log.String(), res.Session) {
+		t.Errorf("the first holder's log does not say %q to the waiter's session %s:\n%s", want, res.Session, log.String())
+	}
+	if err := other.Release(); err != nil {
+		t.Fatalf("api release: %v", err)
+	}
+	otherHeld = false
+	_ = other.Destroy()
+	assertClean(t, client, prefix)
+}
+
+// TestRunSemaphoreWaiterGivesBackHandedSlot: a waiter that stops waiting
+// after a hand-off put it among the holders, unseen (it was waiting on
+// another key, far back in the queue), takes itself out of the holders.
+// Left there with its session gone, the slot would be lost to our other
+// waiters for the lock delay.
+func TestRunSemaphoreWaiterGivesBackHandedSlot(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	const limit = 2
+	holdElsewhere(t, client, prefix, limit)
+
+	// Four of ours ahead (two rounds), so that the last waits far back.
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after cancel: cleanups run last first
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	acquire := func(ctx context.Context, results chan<- error, onSession func(string)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lease, err := r.Acquire(ctx, lockexec.Options{Prefix: prefix, Limit: limit, Logger: testLogger(t), OnSession: onSession})
+			if err == nil {
+				<-ctx.Done()
+				err = lease.Release()
+			}
+			results <- err
+		}()
+	}
+	ahead := make(chan error, 4)
+	for i := range 4 {
+		acquire(ctx, ahead, nil)
+		waitContenders(t, client, prefix, limit+i+1) // the two held elsewhere have one each
+	}
+	lastCtx, stopLast := context.WithCancel(ctx)
+	last := make(chan error, 1)
+	sessions := make(chan string, 1)
+	acquire(lastCtx, last, func(id string) { sessions <- id })
+	session := <-sessions
+	waitContenders(t, client, prefix, limit+5)
+	time.Sleep(500 * time.Millisecond)
+
+	// A hand-off to the last waiter: one holder out, the waiter in.
+	key := prefix + "/" + lockexec.LockKeySuffix
+	for {
+		pair, _, err := client.KV().Get(key, nil)
+		if err != nil || pair == nil {
+			t.Fatalf("reading %s: %v", key, err)
+		}
+		var v struct {
+			Limit   int
+			Holders map[string]bool
+		}
+		if err := json.Unmarshal(pair.Value, &v); err != nil {
+			t.Fatal(err)
+		}
+		for id := range v.Holders {
+			delete(v.Holders, id)
+			break
+		}
+		v.Holders[session] = true
+		if pair.Value, err = json.Marshal(v); err != nil {
+			t.Fatal(err)
+		}
+		if ok, _, err := client.KV().CAS(pair, nil); err != nil {
+			t.Fatal(err)
+		} else if ok {
+			break
+		}
+	}
+	stopLast()
+	select {
+	case err := <-last:
+		if err == nil {
+			t.Fatal("the last waiter acquired: it was meant to be waiting far back")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the last waiter did not stop waiting")
+	}
+	pair, _, err := client.KV().Get(key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pair != nil && strings.Contains(string(pair.Value), session) {
+		t.Errorf("the waiter that stopped is still among the holders: %s", pair.Value)
+	}
+}
+
+// TestRunSemaphoreHandOffWakesFarWaiter: a waiter far back in the queue
+// watches the contender key two rounds ahead of it, not the lock key. When
+// a hand-off reaches it while that one still holds its slot, the hand-off
+// wakes it through its own contender key; without that it would notice
+// only when its far wait ran out (6 s and more here).
+func TestRunSemaphoreHandOffWakesFarWaiter(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	const limit, waiting = 2, 8
+
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after cancel: cleanups run last first
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	type got struct {
+		lease *lockexec.Lease
+		err   error
+	}
+	acquire := func() chan got {
+		ch := make(chan got, 1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lease, err := r.Acquire(ctx, lockexec.Options{Prefix: prefix, Limit: limit, Logger: testLogger(t)})
+			ch <- got{lease, err}
+			if err == nil {
+				<-ctx.Done()
+				_ = lease.Release()
+			}
+		}()
+		return ch
+	}
+	held := func(ch chan got, who string) *lockexec.Lease {
+		t.Helper()
+		select {
+		case g := <-ch:
+			if g.err != nil {
+				t.Fatalf("%s: %v", who, g.err)
+			}
+			return g.lease
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s did not get a slot", who)
+		}
+		return nil
+	}
+	// Our two holders, then the waiters, in order.
+	holders := []*lockexec.Lease{held(acquire(), "holder 1"), held(acquire(), "holder 2")}
+	var queue []chan got
+	for i := range waiting + 1 {
+		queue = append(queue, acquire())
+		waitContenders(t, client, prefix, limit+i+1)
+	}
+	time.Sleep(500 * time.Millisecond)
+
+	// Slot 1 goes down the queue to the fifth waiter, which keeps it: the
+	// last waiter watches its contender key.
+	lease := holders[0]
+	for i := range 5 {
+		if err := lease.Release(); err != nil {
+			t.Fatal(err)
+		}
+		lease = held(queue[i], fmt.Sprintf("waiter %d", i+1))
+	}
+	// Slot 2 goes down the rest of the queue to the last waiter.
+	lease = holders[1]
+	for i := 5; i < waiting; i++ {
+		if err := lease.Release(); err != nil {
+			t.Fatal(err)
+		}
+		lease = held(queue[i], fmt.Sprintf("waiter %d", i+1))
+	}
+	if err := lease.Release(); err != nil {
+		t.Fatal(err)
+	}
+	released := time.Now()
+	held(queue[waiting], "the last waiter")
+	if took := time.Since(released); took > 3*time.Second {
+		t.Errorf("the last waiter took %s to notice the slot handed to it", took)
+	}
 }

@@ -63,30 +63,32 @@ func (r *Runner) reclaimLock(ctx context.Context, key, session string) error {
 	return nil
 }
 
-// reclaimSlot takes session out of the semaphore's holders and deletes its
-// contender key.
+// reclaimSlot deletes session's contender key, then takes session out of
+// the semaphore's holders. In that order, as a waiter that stops does (see
+// withdraw): once the key is gone no holder can hand the dead run a slot,
+// which would otherwise sit idle until the others prune it after the lock
+// delay.
 func (r *Runner) reclaimSlot(ctx context.Context, prefix, lockKey, session string) error {
-	kv := r.client.KV()
+	cctx, cancel := callCtx(ctx)
+	contender := prefix + "/" + session
+	_, err := r.client.KV().Delete(contender, (&api.WriteOptions{}).WithContext(cctx))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("deleting the contender key %q: %w", contender, err)
+	}
 	for {
 		done, err := r.dropHolder(ctx, lockKey, session)
 		if err != nil {
 			return err
 		}
 		if done {
-			break
+			return nil
 		}
 		// Changed since we read it: read again.
 		if err := newBackoff().wait(ctx); err != nil {
 			return err
 		}
 	}
-	cctx, cancel := callCtx(ctx)
-	defer cancel()
-	contender := prefix + "/" + session
-	if _, err := kv.Delete(contender, (&api.WriteOptions{}).WithContext(cctx)); err != nil {
-		return fmt.Errorf("deleting the contender key %q: %w", contender, err)
-	}
-	return nil
 }
 
 // dropHolder removes session from the semaphore's holders by one

@@ -65,6 +65,9 @@ type semaphoreHolder struct {
 	// Only the monitor writes it; release reads it once the monitor is
 	// done, and tries it first to save a read on the way out.
 	lastLock *api.KVPair
+	// waiting is who else waited when we got the slot, for the
+	// hand-off at release (see handoff.go).
+	waiting waiters
 }
 
 func newSemaphoreHolder(rn *run) *semaphoreHolder {
@@ -91,6 +94,8 @@ type queue struct {
 	lockIndex uint64              // the lock key's ModifyIndex then; 0 if it did not exist
 	ahead     map[string]struct{} // older contenders not yet seen holding a slot
 	order     []*api.KVPair       // their contender keys, oldest first, as listed
+	younger   []*api.KVPair       // the contender keys after ours, oldest first
+	own       uint64              // our contender key's ModifyIndex
 	live      map[string]struct{} // sessions holding any key of the prefix
 	// vanished is when we first saw each listed holder without a live
 	// session. Kept across reads: the slot is reused vanishPeriod later.
@@ -104,6 +109,10 @@ type semWait struct {
 	index    uint64        // wait index on the lock key; 0 reads at once
 	waitFor  time.Duration // the next blocking read's wait
 	mustList bool          // read the contender keys before deciding
+	// unlisted is when the last read that found us not holding was sent.
+	// A hand-off found by the next read came after it: our session was
+	// alive then, which makes it a confirmation for the fence.
+	unlisted time.Time
 
 	// What the last look found.
 	pair *api.KVPair
@@ -112,10 +121,15 @@ type semWait struct {
 	turn bool
 }
 
-func (s *semaphoreHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
+func (s *semaphoreHolder) acquire(ctx context.Context) (lost <-chan struct{}, err error) {
 	if err := s.createContender(ctx); err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			s.withdraw()
+		}
+	}()
 	w := &semWait{bo: newBackoff(), waitFor: blockingWait, mustList: true}
 	for {
 		if ctx.Err() != nil {
@@ -126,7 +140,7 @@ func (s *semaphoreHolder) acquire(ctx context.Context) (<-chan struct{}, error) 
 		case err != nil:
 			return nil, err
 		case held:
-			return s.held(), nil
+			return s.heldAfter(w), nil
 		case again:
 			continue
 		}
@@ -141,7 +155,7 @@ func (s *semaphoreHolder) acquire(ctx context.Context) (<-chan struct{}, error) 
 		case err != nil:
 			return nil, err
 		case held:
-			return s.held(), nil
+			return s.heldAfter(w), nil
 		}
 		// Someone changed it first: look again at once.
 		w.index, w.waitFor = 0, blockingWait
@@ -154,7 +168,7 @@ func (s *semaphoreHolder) acquire(ctx context.Context) (<-chan struct{}, error) 
 func (s *semaphoreHolder) look(ctx context.Context, w *semWait) (held, again bool, err error) {
 	timedOut := false
 	if !w.mustList {
-		s.mark()
+		sent := time.Now()
 		p, meta, again, err := waitRead(ctx, s.client.KV(), s.lockKey, w.index, w.waitFor, w.bo)
 		if err != nil || again {
 			w.index = 0
@@ -164,9 +178,14 @@ func (s *semaphoreHolder) look(ctx context.Context, w *semWait) (held, again boo
 		// nobody took, or a full semaphore nobody released for a while.
 		timedOut = w.index != 0 && meta.LastIndex == w.index
 		w.index = nextIndex(w.index, meta.LastIndex)
-		if held, err := s.sawLock(w, p); held || err != nil {
-			return held, false, err
+		held, err := s.sawLock(w, p)
+		switch {
+		case err != nil:
+			return false, false, err
+		case held:
+			return true, false, s.confirmHanded(ctx, w)
 		}
+		w.unlisted = sent
 		for id := range w.v.Holders {
 			delete(w.q.ahead, id)
 		}
@@ -187,8 +206,11 @@ func (s *semaphoreHolder) look(ctx context.Context, w *semWait) (held, again boo
 		return false, false, err
 	}
 	if held, err := s.sawLock(w, p); held || err != nil {
+		// The list showed our contender key: the session was alive
+		// after the list was sent, which refresh marked.
 		return held, false, err
 	}
+	w.unlisted = s.sentAt()
 	s.prune(w.v, &w.q, time.Now())
 	w.index = w.q.lockIndex
 	w.free = s.limit - len(w.v.Holders)
@@ -226,7 +248,7 @@ func (s *semaphoreHolder) waitTurn(ctx context.Context, w *semWait) (again bool,
 		// older ones have had their turn by then, and we are still a
 		// round from ours. (One round would do if holders gave their
 		// slots back in the order they took them.)
-		if err := s.waitForKey(ctx, w.q.far(2*s.limit)); err != nil {
+		if err := s.waitForKey(ctx, w.q.far(2*s.limit), w.q.own, farWait(len(w.q.ahead), s.limit)); err != nil {
 			return false, err
 		}
 		w.mustList = true
@@ -267,12 +289,13 @@ func (s *semaphoreHolder) take(ctx context.Context, w *semWait) (held bool, err 
 }
 
 // createContender writes our contender key, which tells the others that
-// we wait and which dies with our session.
+// we wait and which dies with our session. Its value says that we take a
+// slot handed to us (see handoff.go).
 func (s *semaphoreHolder) createContender(ctx context.Context) error {
 	bo := newBackoff()
 	for {
 		ok, err := s.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
-			ok, _, err := kv.Acquire(&api.KVPair{Key: s.contender, Session: s.session, Flags: api.SemaphoreFlagValue}, w)
+			ok, _, err := kv.Acquire(&api.KVPair{Key: s.contender, Value: handoffValue, Session: s.session, Flags: api.SemaphoreFlagValue}, w)
 			return ok, err
 		})
 		switch {
@@ -316,19 +339,25 @@ func (s *semaphoreHolder) refresh(ctx context.Context, q *queue) (*api.KVPair, e
 		return nil, fmt.Errorf("our contender key %q is gone: session %s was invalidated", s.contender, s.session)
 	}
 	q.listed = time.Now()
+	q.own = ours.ModifyIndex
 	q.lockIndex = 0
 	if lockPair != nil {
 		q.lockIndex = lockPair.ModifyIndex
 	}
 	q.ahead = make(map[string]struct{})
-	q.order = q.order[:0]
+	q.order, q.younger = q.order[:0], q.younger[:0]
 	for _, p := range pairs {
-		if s.isContender(p) && p.Key != s.contender && p.CreateIndex < ours.CreateIndex {
+		switch {
+		case !s.isContender(p) || p.Key == s.contender:
+		case p.CreateIndex < ours.CreateIndex:
 			q.ahead[p.Session] = struct{}{}
 			q.order = append(q.order, p)
+		default:
+			q.younger = append(q.younger, p)
 		}
 	}
 	sort.Slice(q.order, func(i, j int) bool { return q.order[i].CreateIndex < q.order[j].CreateIndex })
+	sort.Slice(q.younger, func(i, j int) bool { return q.younger[i].CreateIndex < q.younger[j].CreateIndex })
 	// Sessions seen here and their keys, for prune.
 	q.alive(pairs)
 	return lockPair, nil
@@ -355,24 +384,72 @@ func (q *queue) far(n int) *api.KVPair {
 	return waiting[max(len(waiting)-n, 0)]
 }
 
-// waitForKey waits until the contender key p is gone or changes, or for
-// about pruneInterval, whichever comes first: its owner may also be stuck
+// waitForKey waits until the contender key p is gone, until a hand-off
+// writes our own contender key (still at index own as we last listed it),
+// or for about wait, whichever comes first: p's owner may also be stuck
 // without ever taking a slot, and we then have to look around again.
-func (s *semaphoreHolder) waitForKey(ctx context.Context, p *api.KVPair) error {
-	wait := jitter(pruneInterval)
-	rctx, cancel := blockingCtx(ctx, wait)
+func (s *semaphoreHolder) waitForKey(ctx context.Context, p *api.KVPair, own uint64, wait time.Duration) error {
+	until := time.Now().Add(jitter(wait))
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	opts := (&api.QueryOptions{WaitIndex: p.ModifyIndex, WaitTime: wait}).WithContext(rctx)
-	_, _, err := s.client.KV().Get(p.Key, opts)
+	done := make(chan error, 2)
+	go func() { done <- s.watchGone(wctx, p, until) }()
+	go func() {
+		_, err := s.watchChange(wctx, s.contender, own, until)
+		done <- err
+	}()
+	err := <-done
+	cancel()
+	<-done
 	switch {
 	case ctx.Err() != nil:
 		return waitEnded(ctx)
 	case err != nil && isTransient(err):
 		return newBackoff().wait(ctx)
 	case err != nil:
-		return fmt.Errorf("watching the contender key %q: %w", p.Key, err)
+		return fmt.Errorf("watching the contender keys %q and %q: %w", p.Key, s.contender, err)
 	}
 	return nil
+}
+
+// watchGone waits until the contender key p is gone or until. A change
+// that leaves it in place (its owner handed a slot) is waited past.
+func (s *semaphoreHolder) watchGone(ctx context.Context, p *api.KVPair, until time.Time) error {
+	index := p.ModifyIndex
+	for {
+		pair, err := s.watchChange(ctx, p.Key, index, until)
+		if err != nil || pair == nil || pair.Session != p.Session || !time.Now().Before(until) {
+			return err
+		}
+		index = pair.ModifyIndex
+	}
+}
+
+// watchChange is one blocking read of key past index, until at most.
+func (s *semaphoreHolder) watchChange(ctx context.Context, key string, index uint64, until time.Time) (*api.KVPair, error) {
+	wait := time.Until(until)
+	if wait <= 0 {
+		return nil, nil
+	}
+	rctx, cancel := blockingCtx(ctx, wait)
+	defer cancel()
+	pair, _, err := s.client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(rctx))
+	if ctx.Err() != nil {
+		return nil, nil
+	}
+	return pair, err
+}
+
+// farWait is how long a waiter with ahead contenders before it waits at
+// most for the one two rounds ahead before it looks around again: about
+// pruneInterval a couple of rounds from its turn, longer further back (up
+// to blockingWait), in proportion. Each look reads every contender key, so
+// with a fixed period a long queue would read the whole prefix once per
+// waiter per period, a cost that grows with the square of its length; in
+// proportion, the reads per period grow with its logarithm.
+func farWait(ahead, limit int) time.Duration {
+	rounds := max(ahead/(2*limit), 1)
+	return min(time.Duration(rounds)*pruneInterval, blockingWait)
 }
 
 // isContender reports whether p is a live contender key: one named after
@@ -522,6 +599,7 @@ func (s *semaphoreHolder) held() <-chan struct{} {
 		v, err := s.decode(pair)
 		if pair != nil && err == nil && v.Holders[s.session] {
 			s.lastLock = pair
+			s.waiting.sawHolding(v.Holders)
 			return true
 		}
 		return false
@@ -532,6 +610,9 @@ func (s *semaphoreHolder) held() <-chan struct{} {
 	return lost
 }
 
+// release gives our slot back, handing it to the oldest waiter when that
+// one is ready for it (see handoff.go), and deletes our contender key, all
+// in one transaction.
 func (s *semaphoreHolder) release() error {
 	if s.stopMonitor != nil {
 		s.stopMonitor()
@@ -540,13 +621,17 @@ func (s *semaphoreHolder) release() error {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	kv := s.client.KV()
-	pair := s.lastLock
+	// First try with what we know: the lock key as the monitor last saw
+	// it, and the waiters listed when we got the slot. If either is out
+	// of date the transaction fails, and we read both afresh.
+	pair, waiting := s.lastLock, s.waiting.known()
 	s.lastLock = nil
-	for {
-		if pair == nil {
+	for try := 0; ; try++ {
+		known := pair != nil && waiting != nil
+		if !known {
 			var err error
-			if pair, _, err = kv.Get(s.lockKey, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-				return fmt.Errorf("reading the semaphore %q: %w", s.lockKey, err)
+			if pair, waiting, err = s.readSemaphore(ctx); err != nil {
+				return err
 			}
 		}
 		if pair == nil || pair.Flags != api.SemaphoreFlagValue {
@@ -557,25 +642,115 @@ func (s *semaphoreHolder) release() error {
 			// Not ours to rewrite, or nothing of ours in it.
 			break
 		}
-		delete(v.Holders, s.session)
-		next, err := s.encode(&v, pair)
-		if err != nil {
+		var next *api.KVPair
+		if try < handoffTries {
+			next = successor(waiting, v.Holders)
+		}
+		if next == nil && known {
+			// Nobody we knew of is ready: somebody newer may be.
+			pair, waiting = nil, nil
+			continue
+		}
+		done, stale, err := s.giveBack(ctx, pair, next)
+		switch {
+		case done || err != nil:
 			return err
+		case stale && known:
+			// Another holder wrote the lock key first, most likely
+			// handing its slot on too: read the key alone, and skip
+			// whoever it lists now.
+			if pair, _, err = kv.Get(s.lockKey, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+				return fmt.Errorf("reading the semaphore %q: %w", s.lockKey, err)
+			}
+			if v, err := s.decode(pair); err == nil {
+				s.waiting.sawHolding(v.Holders)
+			}
+			waiting = s.waiting.known()
+			if pair == nil {
+				// Gone: nothing of ours left in it.
+				waiting = nil
+			}
+		default:
+			// The waiter moved on, or what we knew was out of date:
+			// read both again.
+			pair, waiting = nil, nil
 		}
-		ok, _, err := kv.CAS(next, (&api.WriteOptions{}).WithContext(ctx))
-		if err != nil {
-			return fmt.Errorf("updating the semaphore %q: %w", s.lockKey, err)
-		}
-		if ok {
-			break
-		}
-		// Someone changed it meanwhile: read it again.
-		pair = nil
 	}
 	if _, err := kv.Delete(s.contender, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return fmt.Errorf("deleting the contender key %q: %w", s.contender, err)
 	}
 	return nil
+}
+
+// withdraw undoes a wait that ends without a slot. It deletes our contender
+// key first, so that nobody can hand us a slot any more, then takes us out
+// of the holders in case a hand-off came meanwhile. If it fails, the
+// session's destruction deletes the key, and the others reuse a slot it
+// was handed after the lock delay.
+func (s *semaphoreHolder) withdraw() {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	kv := s.client.KV()
+	if _, err := kv.Delete(s.contender, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		s.log.Debug("deleting the contender key failed", "key", s.contender, "error", err)
+		return
+	}
+	for {
+		pair, _, err := kv.Get(s.lockKey, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil || pair == nil || pair.Flags != api.SemaphoreFlagValue {
+			return
+		}
+		var v semaphoreLockValue
+		if err := json.Unmarshal(pair.Value, &v); err != nil || !v.Holders[s.session] {
+			return
+		}
+		delete(v.Holders, s.session)
+		next, err := s.encode(&v, pair)
+		if err != nil {
+			return
+		}
+		if ok, _, err := kv.CAS(next, (&api.WriteOptions{}).WithContext(ctx)); err != nil || ok {
+			if err != nil {
+				s.log.Debug("giving back a slot handed to us failed", "key", s.lockKey, "error", err)
+			}
+			return
+		}
+	}
+}
+
+// confirmHanded sets the fence's starting point for a slot that a read of
+// the lock key found ours (handed over, or taken by a write whose answer
+// was lost). The others reuse a slot whose holder vanished only a lock
+// delay after they see it listed and gone, and we were listed after the
+// last read that found us not: its send time is a safe start. If that read
+// is old, a read of our contender key, found with our session, confirms
+// the session afresh, so that the fence does not start near its end.
+func (s *semaphoreHolder) confirmHanded(ctx context.Context, w *semWait) error {
+	if !w.unlisted.IsZero() && time.Since(w.unlisted) <= fenceConfirmInterval {
+		s.sent = w.unlisted
+		return nil
+	}
+	for {
+		rctx, cancel := callCtx(ctx)
+		sent := time.Now()
+		p, _, err := s.client.KV().Get(s.contender, (&api.QueryOptions{}).WithContext(rctx))
+		cancel()
+		switch {
+		case err == nil && (p == nil || p.Session != s.session):
+			return fmt.Errorf("our contender key %q is gone: session %s was invalidated", s.contender, s.session)
+		case err == nil:
+			s.sent = sent
+			return nil
+		case ctx.Err() != nil:
+			return waitEnded(ctx)
+		case isTransient(err):
+			if err := w.bo.wait(ctx); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("reading our contender key %q: %w", s.contender, err)
+		}
+	}
 }
 
 func (s *semaphoreHolder) cleanup() error {

@@ -21,7 +21,8 @@
 //  4. rolling overhead: 20 contenders with a 100 ms action, n=1 and n=5.
 //  5. scale: up to 200 contenders on one n=10 semaphore; the agent's HTTP
 //     request counters per completed action, and how they grow; the slots
-//     kept busy on average; with -scale-huge K, K contenders more.
+//     kept busy on average; 1,000 contenders more in the full run
+//     (-scale-huge K changes that, 0 drops it).
 //  6. memory: peak RSS of register, exec, the worker and a lock holder.
 //
 // Every process it starts runs in a process group of its own and is stopped
@@ -56,7 +57,7 @@ type config struct {
 	quick       bool
 	only        map[string]bool
 	keep        bool
-	scaleHuge   int // -scale-huge: contenders of the extra stress point (0: none)
+	scaleHuge   int // -scale-huge: contenders of the extra stress point (0: none; -1: the default)
 }
 
 // params are the sample sizes of one run.
@@ -94,8 +95,13 @@ func fullParams() params {
 		scaleLimit:    10,
 		scaleSleep:    50 * time.Millisecond,
 		scaleConsulK:  200,
+		scaleHugeK:    defaultScaleHuge,
 	}
 }
+
+// defaultScaleHuge is the full run's stress point: 1,000 contenders on one
+// semaphore, where a cost that grows with the square of the queue shows.
+const defaultScaleHuge = 1000
 
 func quickParams() params {
 	p := fullParams()
@@ -106,6 +112,7 @@ func quickParams() params {
 	p.rollingReps = 1
 	p.scaleK = []int{25, 50, 100}
 	p.scaleConsulK = 100
+	p.scaleHugeK = 0
 	return p
 }
 
@@ -124,7 +131,7 @@ func realMain() int {
 	flag.BoolVar(&cfg.quick, "quick", false, "fewer repetitions and at most 100 contenders (about a minute)")
 	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: "+strings.Join(allScenarios, ","))
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (ledgers, logs) for inspection")
-	flag.IntVar(&cfg.scaleHuge, "scale-huge", 0, "also run this many contenders on one n=10 semaphore, ct-supervise only (a stress point: 1000 overloads a 2-core machine's agent)")
+	flag.IntVar(&cfg.scaleHuge, "scale-huge", -1, fmt.Sprintf("also run this many contenders on one n=10 semaphore, ct-supervise only; 0 for none (default %d in the full run, none with -quick)", defaultScaleHuge))
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q\n", flag.Arg(0))
@@ -205,7 +212,9 @@ func newBench(ctx context.Context, cfg config) (b *bench, err error) {
 	if cfg.quick {
 		b.p = quickParams()
 	}
-	b.p.scaleHugeK = cfg.scaleHuge
+	if cfg.scaleHuge >= 0 {
+		b.p.scaleHugeK = cfg.scaleHuge
+	}
 	defer func() {
 		if err != nil {
 			b.close()
