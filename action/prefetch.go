@@ -17,18 +17,35 @@ import (
 // each time it is about to try to take the lock; we start a read then.
 // Only the last read started counts: an earlier one went with a take that
 // failed, and the wait that followed may have seen another release.
+//
+// A plain lock has every waiter try at each release, and all but one fail:
+// were each to read the switches every time, a crowd of K waiters would
+// send 3K reads along with the K writes of every hand-off, which costs
+// more than the round trip saved. A waiter that has failed to take the lock
+// prefetchTakes times is in such a crowd and mostly loses, so it stops
+// reading ahead and reads once it holds the lock, as without a prefetch.
+// A semaphore's waiters try only in turn and rarely fail.
 type switchesPrefetch struct {
 	fleet *fleet.Fleet
 	ctx   context.Context // the action's: no read outlives it
 
 	mu sync.Mutex
 	// last is the last read started since the previous result was
-	// taken; nil when none was.
+	// taken; nil when none was, or when the take it went with failed
+	// and no read followed the next one.
 	last *switchesRead
+	// takes counts the tries to take the lock since the previous
+	// result.
+	takes int
 	// reads counts every read still going, taken or superseded, so that
 	// stop can wait for all of them.
 	reads sync.WaitGroup
 }
+
+// prefetchTakes is how many tries to take the lock in one wait read the
+// switches ahead: two keep the saving for a waiter with one other ahead of
+// it, and bound what a crowd of waiters costs Consul.
+const prefetchTakes = 2
 
 // switchesRead is one read of the switches. Its result is set before done
 // is closed.
@@ -52,13 +69,19 @@ func newSwitchesPrefetch(ctx context.Context, f *fleet.Fleet) *switchesPrefetch 
 // start starts a read in the background, superseding the previous one. It
 // is the lock's BeforeTake hook and so must not block.
 func (p *switchesPrefetch) start() {
-	ctx, cancel := context.WithCancel(p.ctx)
-	rd := &switchesRead{cancel: cancel, done: make(chan struct{})}
 	p.mu.Lock()
 	if p.last != nil {
 		// Its take failed: nobody will look at it.
 		p.last.cancel()
+		p.last = nil
 	}
+	p.takes++
+	if p.takes > prefetchTakes {
+		p.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithCancel(p.ctx)
+	rd := &switchesRead{cancel: cancel, done: make(chan struct{})}
 	p.last = rd
 	p.reads.Add(1)
 	p.mu.Unlock()
@@ -71,14 +94,14 @@ func (p *switchesPrefetch) start() {
 
 // result waits for the last read started and returns it, forgetting it,
 // so that the next wait for the lock starts afresh. It returns nil when no
-// read was started since the previous result, when the waiter never
-// called BeforeTake in this wait: the caller must then read the switches
-// itself, now that it holds the lock. The read ends with the action's
+// read was started since the previous result, or the last try to take
+// the lock started none (see prefetchTakes): the caller must then read the
+// switches itself, now that it holds the lock. The read ends with the action's
 // context, if not before.
 func (p *switchesPrefetch) result() *switchesRead {
 	p.mu.Lock()
 	rd := p.last
-	p.last = nil
+	p.last, p.takes = nil, 0
 	p.mu.Unlock()
 	if rd == nil {
 		return nil
@@ -96,6 +119,7 @@ func (p *switchesPrefetch) stop() {
 		p.last.cancel()
 		p.last = nil
 	}
+	p.takes = 0
 	p.mu.Unlock()
 	p.reads.Wait()
 }

@@ -161,7 +161,8 @@ func waitFile(t *testing.T, path string) {
 	}
 }
 
-// Only the last read started counts, and none outlives stop.
+// Only the last read started counts, none outlives stop, and a waiter
+// that keeps failing to take the lock stops reading ahead.
 func TestSwitchesPrefetchKeepsTheLastRead(t *testing.T) {
 	c := client(t)
 	prefix := "test/prefetch-last"
@@ -202,4 +203,18 @@ func TestSwitchesPrefetchKeepsTheLastRead(t *testing.T) {
 	if rd := p.result(); rd != nil {
 		t.Fatalf("a result after stop: %+v", rd)
 	}
+
+	// Past prefetchTakes tries in one wait, the last try reads nothing
+	// ahead: the caller reads once it holds the lock.
+	for range prefetchTakes + 1 {
+		p.start()
+	}
+	if rd := p.result(); rd != nil {
+		t.Fatalf("a result after %d tries: %+v", prefetchTakes+1, rd)
+	}
+	p.start() // the next wait reads ahead again
+	if rd := p.result(); rd == nil || rd.err != nil || rd.halt == nil {
+		t.Fatalf("result in the next wait = %+v, want a read with the halt", rd)
+	}
+	p.stop()
 }
