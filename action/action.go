@@ -72,7 +72,8 @@ type Options struct {
 	// Lock is the lock and the command: prefix, limit, session settings,
 	// Try, the command and its streams, signals, KillGrace, hooks. Its
 	// OnAcquired is called once the lock is held, just before the command
-	// starts (after maintenance and drain).
+	// starts (after maintenance and drain). With a Fleet, the action adds
+	// its own BeforeTake (after any given here): see switchesPrefetch.
 	Lock lockexec.Options
 
 	// Check is run before contending for the lock (e.g. `nginx -t`); a
