@@ -72,7 +72,8 @@ type Options struct {
 	// Lock is the lock and the command: prefix, limit, session settings,
 	// Try, the command and its streams, signals, KillGrace, hooks. Its
 	// OnAcquired is called once the lock is held, just before the command
-	// starts (after maintenance and drain).
+	// starts (after maintenance and drain). With a Fleet, the action adds
+	// its own BeforeTake (after any given here): see switchesPrefetch.
 	Lock lockexec.Options
 
 	// Check is run before contending for the lock (e.g. `nginx -t`); a
@@ -190,6 +191,11 @@ func (p *Pipeline) Run(ctx context.Context, opts Options) (res Result, err error
 		// outlasts it fails the action as a lock wait would.
 		deadline = time.Now().Add(opts.Lock.Try)
 	}
+	prefetch := newSwitchesPrefetch(ctx, opts.Fleet)
+	if prefetch != nil {
+		defer prefetch.stop()
+		r.opts.Lock.BeforeTake = prefetch.hook(r.opts.Lock.BeforeTake)
+	}
 	for {
 		if err := r.waitForFleetUntil(ctx, deadline); err != nil {
 			return res, err
@@ -201,7 +207,7 @@ func (p *Pipeline) Run(ctx context.Context, opts Options) (res Result, err error
 		if err != nil {
 			return res, err
 		}
-		if why := r.blockedNow(ctx); why != "" {
+		if why := r.blockedOnceHeld(ctx, prefetch); why != "" {
 			// Halted or paused while we waited for the lock: the node
 			// before us failed. Give the lock back and wait again.
 			r.log.Info("the rollout stopped while we waited for the lock; waiting again", "why", why)

@@ -124,12 +124,31 @@ func (r *runner) blockedNow(ctx context.Context) string {
 	if f == nil {
 		return ""
 	}
-	var ro fleet.Rollout
-	var err error
-	if ro.Halt, ro.Pause, err = f.Switches(ctx); err != nil {
+	halt, pause, err := f.Switches(ctx)
+	return r.blockedBy(halt, pause, err)
+}
+
+// blockedOnceHeld is blockedNow for a node that just got the lock: it
+// takes the read that prefetch started as the lock came free, and reads
+// only when there is none.
+func (r *runner) blockedOnceHeld(ctx context.Context, prefetch *switchesPrefetch) string {
+	if prefetch == nil {
+		return r.blockedNow(ctx)
+	}
+	rd := prefetch.result()
+	if rd == nil {
+		return r.blockedNow(ctx)
+	}
+	return r.blockedBy(rd.halt, rd.pause, rd.err)
+}
+
+// blockedBy is what a read of the switches says: "" when nothing stops us
+// or the read failed (see blockedNow).
+func (r *runner) blockedBy(halt *fleet.Halt, pause *fleet.Pause, err error) string {
+	if err != nil {
 		return ""
 	}
-	return ro.BlockedFor(r.opts.Node)
+	return fleet.Rollout{Halt: halt, Pause: pause}.BlockedFor(r.opts.Node)
 }
 
 // underLease runs every step that needs the lock, then releases it. The

@@ -93,6 +93,8 @@ type lockHolder struct {
 	retryIn time.Duration
 	log     hclog.Logger
 	sendClock
+	// beforeTake is Options.BeforeTake, never nil.
+	beforeTake func()
 
 	stopMonitor context.CancelFunc
 	monitorDone chan struct{}
@@ -107,6 +109,8 @@ func newLockHolder(rn *run) *lockHolder {
 		retries: o.MonitorRetries,
 		retryIn: o.MonitorRetryTime,
 		log:     rn.log,
+
+		beforeTake: o.beforeTake(),
 	}
 }
 
@@ -159,6 +163,7 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 				return nil, err
 			}
 		}
+		l.beforeTake()
 		ok, err := l.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
 			ok, _, err := kv.Acquire(l.pair(), w)
 			return ok, err

@@ -166,6 +166,15 @@ type Options struct {
 	// to tell "waiting for the lock" from "running" in status.
 	OnAcquired func()
 
+	// BeforeTake, if not nil, is called each time the waiter has seen the
+	// lock (or a semaphore slot) free and is about to try to take it: so
+	// after the release it waits for, and before the write that may make
+	// it the holder. A read started from it sees everything written before
+	// that release, as a read once the lock is held would, one round trip
+	// sooner. It may be called several times in one wait, from the wait's
+	// own goroutine, and must not block.
+	BeforeTake func()
+
 	// OnSession, if not nil, is called with the session ID as soon as the
 	// session exists, before waiting for the lock. It must return quickly.
 	OnSession func(id string)

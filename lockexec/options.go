@@ -174,3 +174,11 @@ func (o *Options) lockKey() string {
 // same rules for every command ct-supervise starts (a pre-flight check
 // included).
 func (o Options) Argv() []string { return o.argv() }
+
+// beforeTake is BeforeTake, or a no-op when it is nil.
+func (o *Options) beforeTake() func() {
+	if o.BeforeTake == nil {
+		return func() {}
+	}
+	return o.BeforeTake
+}

@@ -71,7 +71,7 @@ func (r *Runner) Run(ctx context.Context, opts Options) (res Result, err error) 
 // returns it as a Lease, whose Context is cancelled if it is lost or can no
 // longer be confirmed in time. Only the lock's options are used (Prefix,
 // Limit, the session's settings, Try, MonitorRetries, Signals while
-// waiting, OnSession, Logger); KillGrace bounds how long the fence leaves
+// waiting, OnSession, BeforeTake, Logger); KillGrace bounds how long the fence leaves
 // for stopping what runs under it. The caller must call Release.
 //
 // ctx bounds the whole lease: cancelling it also cancels Context.

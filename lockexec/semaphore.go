@@ -55,6 +55,8 @@ type semaphoreHolder struct {
 	retryIn   time.Duration
 	log       hclog.Logger
 	sendClock
+	// beforeTake is Options.BeforeTake, never nil.
+	beforeTake func()
 	// vanishPeriod is how long a holder's session must have been seen
 	// gone before its slot is reused: our lock-delay (see fence.go).
 	vanishPeriod time.Duration
@@ -84,6 +86,7 @@ func newSemaphoreHolder(rn *run) *semaphoreHolder {
 		log:       rn.log,
 
 		vanishPeriod: rn.fence.lockDelay,
+		beforeTake:   o.beforeTake(),
 	}
 }
 
@@ -270,6 +273,7 @@ func (s *semaphoreHolder) waitTurn(ctx context.Context, w *semWait) (again bool,
 // take tries to add us to the holders by check-and-set. held is false when
 // someone changed the key first or Consul turned us away for a moment.
 func (s *semaphoreHolder) take(ctx context.Context, w *semWait) (held bool, err error) {
+	s.beforeTake()
 	w.v.Holders[s.session] = true
 	next, err := s.encode(w.v, w.pair)
 	if err != nil {
