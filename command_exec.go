@@ -130,7 +130,7 @@ func enqueue(store *state.Store, names []string, lenient bool) (enqueued, error)
 			}
 		}
 		var err error
-		q.tickets, err = st.Enqueue(known, time.Now()) // fails on unknown names
+		q.tickets, err = st.Enqueue(known) // fails on unknown names
 		q.queued = st.QueueLen()
 		return err
 	})

@@ -21,7 +21,7 @@ func TestForgetCommand(t *testing.T) {
 	}
 	defer store.Close()
 	if err := store.Update(func(st *state.State) error {
-		_, err := st.Enqueue([]string{"queued"}, time.Now())
+		_, err := st.Enqueue([]string{"queued"})
 		return err
 	}); err != nil {
 		t.Fatal(err)

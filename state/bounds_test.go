@@ -151,7 +151,7 @@ func TestForget(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.Update(func(st *State) error { _, err := st.Enqueue([]string{"queued"}, time.Now()); return err }); err != nil {
+	if err := s.Update(func(st *State) error { _, err := st.Enqueue([]string{"queued"}); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.RecordRejection("gone", "bad", time.Now()); err != nil {
@@ -196,7 +196,7 @@ func TestSkimFollowsOtherWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if err := b.Update(func(st *State) error { _, err := st.Enqueue(nil, time.Now()); return err }); err != nil {
+	if err := b.Update(func(st *State) error { _, err := st.Enqueue(nil); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := a.QueueLen(); err != nil || n != 1 {

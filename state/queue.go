@@ -73,7 +73,7 @@ func (a *Action) Queued() bool { return a.Seq > a.Done }
 // declaration, keeps its place and runs once; an action queued while its
 // command runs gets a new place and runs once more afterwards, with the
 // declaration current at that time.
-func (st *State) Enqueue(names []string, now time.Time) ([]Ticket, error) {
+func (st *State) Enqueue(names []string) ([]Ticket, error) {
 	if len(names) == 0 {
 		for name, a := range st.Actions {
 			if a.Pending {

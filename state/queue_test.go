@@ -21,7 +21,7 @@ func stateWith(names ...string) *State {
 
 func mustEnqueue(t *testing.T, st *State, names ...string) []Ticket {
 	t.Helper()
-	tk, err := st.Enqueue(names, time.Now())
+	tk, err := st.Enqueue(names)
 	if err != nil {
 		t.Fatalf("Enqueue(%v): %v", names, err)
 	}
@@ -83,7 +83,7 @@ func TestEnqueuePendingOnlyAndOrder(t *testing.T) {
 
 func TestEnqueueUnknownName(t *testing.T) {
 	st := stateWith("a")
-	_, err := st.Enqueue([]string{"a", "nope"}, time.Now())
+	_, err := st.Enqueue([]string{"a", "nope"})
 	if !errors.Is(err, ErrUnknownAction) {
 		t.Fatalf("err = %v, want ErrUnknownAction", err)
 	}

@@ -288,7 +288,7 @@ func TestRecordRejection(t *testing.T) {
 	}
 	// The render goes on with the last good declaration: its exec must
 	// find it pending even after an exec cleared the mark.
-	if err := s.Update(func(st *State) error { _, err := st.Enqueue(nil, t0); return err }); err != nil {
+	if err := s.Update(func(st *State) error { _, err := st.Enqueue(nil); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.RecordRejection("nginx", "invalid declaration: bad\nthing", t0.Add(2*time.Minute)); err != nil {

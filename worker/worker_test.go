@@ -137,7 +137,7 @@ func newStore(t *testing.T, maxAttempts int, names ...string) *state.Store {
 func enqueue(t *testing.T, s *state.Store, names ...string) {
 	t.Helper()
 	err := s.Update(func(st *state.State) error {
-		_, err := st.Enqueue(names, time.Now())
+		_, err := st.Enqueue(names)
 		return err
 	})
 	if err != nil {
@@ -430,7 +430,7 @@ func TestRequestDuringLastRunIsNotLost(t *testing.T) {
 	err := s.Update(func(st *state.State) error {
 		close(release) // a finishes; the worker needs the state lock to record it
 		time.Sleep(100 * time.Millisecond)
-		_, err := st.Enqueue([]string{"a"}, time.Now())
+		_, err := st.Enqueue([]string{"a"})
 		return err
 	})
 	if err != nil {
