@@ -212,7 +212,10 @@ func (q *lockQueue) watch(ctx context.Context, lockKey string, ahead []*api.KVPa
 			return err
 		}
 		if free && freeOnce {
+			// Its key goes too, unless it changed: the waiters behind us
+			// would otherwise each wait for it in turn.
 			q.log.Debug("the waiter ahead leaves the lock free; contending for it", "ahead", next.Key)
+			q.deleteCAS(ctx, pair)
 			return nil
 		}
 		freeOnce = free
@@ -254,13 +257,19 @@ func (q *lockQueue) lockFree(ctx context.Context, lockKey string) (bool, error) 
 // dropLeftover deletes p, a queue key whose waiter has gone, if nothing
 // changed it since it was read. Best effort: it is only tidying up.
 func (q *lockQueue) dropLeftover(ctx context.Context, p *api.KVPair) {
-	if p == nil || !q.isEntry(p) || p.Session != "" {
-		return
+	if p != nil && q.isEntry(p) && p.Session == "" {
+		q.deleteCAS(ctx, p)
 	}
+}
+
+// deleteCAS deletes the queue key p of another waiter, unless it changed
+// since it was read. Best effort: only the order of the waiters is at
+// stake, never who holds the lock.
+func (q *lockQueue) deleteCAS(ctx context.Context, p *api.KVPair) {
 	dctx, cancel := callCtx(ctx)
 	defer cancel()
 	if _, _, err := q.client.KV().DeleteCAS(p, (&api.WriteOptions{}).WithContext(dctx)); err != nil {
-		q.log.Debug("deleting a dead waiter's queue key failed", "key", p.Key, "error", err)
+		q.log.Debug("deleting another waiter's queue key failed", "key", p.Key, "error", err)
 	}
 }
 
