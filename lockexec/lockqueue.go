@@ -46,9 +46,12 @@ import (
 //     killed with its session leaves its key with no session. Whoever meets
 //     such a key deletes it by check-and-set.
 //   - A waiter ahead whose session lives on but which never takes the lock
-//     (its process hangs) must not stall the queue: the waiter just behind
-//     the front one looks at the lock key whenever its bounded watch ends,
-//     and contends itself once it has seen the lock free twice in a row.
+//     (its process hangs, or was killed and its session has not run out
+//     yet) must not stall the queue: the waiter just behind the front one
+//     looks at the lock key whenever its bounded watch ends, and once it
+//     has seen the lock free twice in a row it deletes the front one's key
+//     and contends itself. Wrongly so at worst (the front one was waiting
+//     out a lock-delay), two waiters then contend, as all did before.
 //   - A waiter that stops waiting, and a holder by the time it gives the
 //     lock back, has deleted its queue key (best effort: a key left
 //     behind loses its session with ours and is tidied by the others).
