@@ -24,8 +24,9 @@ type holder interface {
 	// release gives back what acquire took and stops watching it.
 	release() error
 
-	// cleanup deletes the lock key if nobody uses it any more. Errors
-	// only mean that the key is left in place.
+	// cleanup deletes the lock key if nobody uses it any more, and for a
+	// plain lock what dead waiters left in its queue. Errors only mean
+	// that keys are left in place.
 	cleanup() error
 
 	// sentAt is when acquire sent its last request: once it returned

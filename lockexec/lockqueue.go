@@ -132,10 +132,11 @@ func (q *lockQueue) waitTurn(ctx context.Context, lockKey string) error {
 // oldest first, tidying up the keys of dead waiters it meets.
 func (q *lockQueue) join(ctx context.Context) ([]*api.KVPair, error) {
 	kv := q.client.KV()
+	// Bound by ctx, so that -try and a stop are not held up by an agent
+	// that does not answer: a write cancelled in flight may still go
+	// through, but joined makes leave delete it whatever happened.
 	q.joined = true
-	// Not bound to ctx: cancelled in flight, the write might still go
-	// through, and leave would then not know to delete it.
-	wctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	ok, _, err := kv.Acquire(&api.KVPair{Key: q.key, Session: q.session, Flags: queueFlagValue, Value: queueValue},
 		(&api.WriteOptions{}).WithContext(wctx))
 	cancel()
