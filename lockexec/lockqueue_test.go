@@ -246,3 +246,69 @@ func TestReclaimDeletesQueueKey(t *testing.T) {
 	}
 	assertQueueLeft(t, client, prefix)
 }
+
+// TestLockQueueWithAPILockWaiter: `consul lock` (api.Lock), which does not
+// queue, waits on the same prefix among our queued waiters: it gets the
+// lock in the end too, and nobody ever holds it along with anyone else.
+func TestLockQueueWithAPILockWaiter(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	release := holdAll(t, client, prefix, 1)
+	held := filepath.Join(t.TempDir(), "held")
+	// Fails if anyone else holds the lock meanwhile.
+	script := fmt.Sprintf("mkdir %[1]s || exit 9; sleep 0.05; rmdir %[1]s", held)
+
+	var runs []*bgRun
+	queue := func(n int) {
+		for range n {
+			runs = append(runs, startRun(t, context.Background(), r, shellOpts(t, prefix, 1, script)))
+			waitQueued(t, client, prefix, len(runs))
+		}
+	}
+	queue(3)
+	l, err := client.LockOpts(&api.LockOptions{Key: prefix + "/" + lockexec.LockKeySuffix, SessionName: "test api waiter"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	apiDone := make(chan error, 1)
+	go func() {
+		lost, err := l.Lock(stop)
+		switch {
+		case err != nil:
+		case lost == nil:
+			err = errors.New("stopped before it got the lock")
+		default:
+			if err = os.Mkdir(held, 0o700); err == nil {
+				time.Sleep(50 * time.Millisecond)
+				err = os.Remove(held)
+			}
+			if uerr := l.Unlock(); err == nil {
+				err = uerr
+			}
+		}
+		apiDone <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	queue(2)
+	release()
+
+	for i, run := range runs {
+		if res, err := run.wait(t, 30*time.Second); err != nil || res.ExitCode != 0 {
+			t.Errorf("waiter %d: %v, exit %d (9: the lock was held by another)", i, err, res.ExitCode)
+		}
+	}
+	select {
+	case err := <-apiDone:
+		if err != nil {
+			t.Errorf("the api.Lock waiter: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the api.Lock waiter did not get the lock")
+	}
+	_ = l.Destroy()
+	assertClean(t, client, prefix)
+}
