@@ -43,15 +43,15 @@ import (
 //     never a stall.
 //   - A queue key whose session is not the one it is named for is gone:
 //     lock sessions release their keys (Behavior=release), so a waiter
-//     killed with its session leaves its key with no session. Whoever meets
-//     such a key deletes it by check-and-set.
+//     whose session ended (destroyed, or run out) leaves its key with no
+//     session. Whoever meets such a key deletes it by check-and-set.
 //   - A waiter ahead whose session lives on but which never takes the lock
 //     (its process hangs, or was killed and its session has not run out
 //     yet) must not stall the queue: the waiter just behind the front one
 //     looks at the lock key whenever its bounded watch ends, and once it
 //     has seen the lock free twice in a row it deletes the front one's key
-//     and contends itself. Wrongly so at worst (the front one was waiting
-//     out a lock-delay), two waiters then contend, as all did before.
+//     and contends itself. If wrongly (the front one was waiting out a
+//     lock-delay), two waiters contend for a while: all of them did before.
 //   - A waiter that stops waiting, and a holder by the time it gives the
 //     lock back, has deleted its queue key (best effort: a key left
 //     behind loses its session with ours and is tidied by the others).
@@ -177,8 +177,8 @@ func (q *lockQueue) join(ctx context.Context) ([]*api.KVPair, error) {
 }
 
 // watch waits until every waiter in ahead (oldest first) has gone, or the
-// one just ahead of the front one is stuck. It watches the last one, then
-// the one before it, and so on.
+// last one left, the front one, is stuck. It watches the last one, then the
+// one before it, and so on.
 func (q *lockQueue) watch(ctx context.Context, lockKey string, ahead []*api.KVPair) error {
 	kv := q.client.KV()
 	bo := newBackoff()
