@@ -283,11 +283,13 @@ func assertNoHolder(t *testing.T, c *api.Client, prefix string) {
 	}
 }
 
-// assertClean is assertNoSessions and assertNoHolder.
+// assertClean is assertNoSessions and assertNoHolder, and checks that no
+// waiter left its queue key behind.
 func assertClean(t *testing.T, c *api.Client, prefix string) {
 	t.Helper()
 	assertNoSessions(t, c, prefix)
 	assertNoHolder(t, c, prefix)
+	assertQueueLeft(t, c, prefix)
 }
 
 // holdElsewhere takes every slot of prefix (the lock when limit is 1) with

@@ -24,8 +24,9 @@ type holder interface {
 	// release gives back what acquire took and stops watching it.
 	release() error
 
-	// cleanup deletes the lock key if nobody uses it any more. Errors
-	// only mean that the key is left in place.
+	// cleanup deletes the lock key if nobody uses it any more, and for a
+	// plain lock what dead waiters left in its queue. Errors only mean
+	// that keys are left in place.
 	cleanup() error
 
 	// sentAt is when acquire sent its last request: once it returned
@@ -96,6 +97,9 @@ type lockHolder struct {
 	// beforeTake is Options.BeforeTake, never nil.
 	beforeTake func()
 
+	// queue is our place among our waiters for the lock.
+	queue *lockQueue
+
 	stopMonitor context.CancelFunc
 	monitorDone chan struct{}
 }
@@ -111,6 +115,7 @@ func newLockHolder(rn *run) *lockHolder {
 		log:     rn.log,
 
 		beforeTake: o.beforeTake(),
+		queue:      newLockQueue(rn.client, o.Prefix, rn.session, rn.log),
 	}
 }
 
@@ -119,7 +124,26 @@ func (l *lockHolder) pair() *api.KVPair {
 	return &api.KVPair{Key: l.key, Session: l.session, Flags: api.LockFlagValue}
 }
 
+// acquire waits for our turn in the queue of our waiters (see lockQueue),
+// then for the lock itself.
 func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
+	err := l.queue.waitTurn(ctx, l.key)
+	if err == nil {
+		err = l.take(ctx)
+	}
+	if err != nil {
+		l.queue.leave()
+		return nil, err
+	}
+	// The next waiter in the queue moves up to wait on the lock key; our
+	// release then wakes it alone.
+	l.queue.leaveAsync()
+	return l.held(), nil
+}
+
+// take waits on the lock key until it is free, and takes it: the front
+// waiter of the queue, or any waiter if the queue failed.
+func (l *lockHolder) take(ctx context.Context) error {
 	kv := l.client.KV()
 	bo := newBackoff()
 	var (
@@ -128,12 +152,12 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 	)
 	for {
 		if ctx.Err() != nil {
-			return nil, waitEnded(ctx)
+			return waitEnded(ctx)
 		}
 		l.mark()
 		pair, meta, again, err := waitRead(ctx, kv, l.key, index, blockingWait, bo)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if again {
 			index = 0
@@ -143,10 +167,10 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 
 		switch {
 		case pair != nil && pair.Flags != api.LockFlagValue:
-			return nil, fmt.Errorf("%w: %q has flags %#x, not a lock's", errConflict, l.key, pair.Flags)
+			return fmt.Errorf("%w: %q has flags %#x, not a lock's", errConflict, l.key, pair.Flags)
 		case pair != nil && pair.Session == l.session:
 			// An earlier acquire that failed in transit went through.
-			return l.held(), nil
+			return nil
 		case pair != nil && pair.Session != "":
 			// Held: sleep until the key changes. Its release is a
 			// write to this very key, so we wake at once.
@@ -160,9 +184,10 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 		// pause briefly rather than hammer it.
 		if contended {
 			if err := bo.wait(ctx); err != nil {
-				return nil, err
+				return err
 			}
 		}
+		l.log.Debug("taking the lock", "key", l.key)
 		l.beforeTake()
 		ok, err := l.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
 			ok, _, err := kv.Acquire(l.pair(), w)
@@ -172,9 +197,9 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 		case err != nil && isTransient(err):
 			contended = true
 		case err != nil:
-			return nil, fmt.Errorf("acquiring the lock key %q: %w", l.key, err)
+			return fmt.Errorf("acquiring the lock key %q: %w", l.key, err)
 		case ok:
-			return l.held(), nil
+			return nil
 		default:
 			contended = true
 		}
@@ -226,6 +251,9 @@ func (l *lockHolder) release() error {
 		ok, _, err := kv.Release(l.pair(), w)
 		return ok, err
 	})
+	// Our queue key was deleted while the command ran, unless Consul was
+	// slow: the run must not end with that write in flight.
+	l.queue.waitLeft()
 	return err
 }
 
@@ -242,8 +270,12 @@ func (l *lockHolder) cleanup() error {
 		return nil
 	}
 	// The CAS keeps us from deleting a key someone acquired meanwhile.
-	_, _, err = kv.DeleteCAS(pair, (&api.WriteOptions{}).WithContext(ctx))
-	return err
+	if _, _, err = kv.DeleteCAS(pair, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return err
+	}
+	// Unused, so nobody queues for it either: delete what dead waiters
+	// left in the queue, so that nothing of ours stays under the prefix.
+	return l.queue.tidy(ctx)
 }
 
 // watchKey watches key with blocking queries until still reports false for

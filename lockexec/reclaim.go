@@ -36,7 +36,7 @@ func (r *Runner) Reclaim(ctx context.Context, prefix string, limit int, session 
 	o = o.withDefaults()
 	var err error
 	if o.Limit == 1 {
-		err = r.reclaimLock(ctx, o.lockKey(), session)
+		err = r.reclaimLock(ctx, o.Prefix, o.lockKey(), session)
 	} else {
 		err = r.reclaimSlot(ctx, o.Prefix, o.lockKey(), session)
 	}
@@ -51,10 +51,17 @@ func (r *Runner) Reclaim(ctx context.Context, prefix string, limit int, session 
 	return nil
 }
 
-// reclaimLock releases key if session holds it.
-func (r *Runner) reclaimLock(ctx context.Context, key, session string) error {
+// reclaimLock deletes session's queue key (see lockQueue), then releases
+// key if session holds it. The key would otherwise stay behind once the
+// session is destroyed: lock sessions release their keys, they do not
+// delete them.
+func (r *Runner) reclaimLock(ctx context.Context, prefix, key, session string) error {
 	cctx, cancel := callCtx(ctx)
 	defer cancel()
+	queued := prefix + "/" + queueDir + session
+	if _, err := r.client.KV().Delete(queued, (&api.WriteOptions{}).WithContext(cctx)); err != nil {
+		return fmt.Errorf("deleting the queue key %q: %w", queued, err)
+	}
 	_, _, err := r.client.KV().Release(&api.KVPair{Key: key, Session: session, Flags: api.LockFlagValue},
 		(&api.WriteOptions{}).WithContext(cctx))
 	if err != nil {
