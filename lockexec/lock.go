@@ -124,10 +124,18 @@ func (l *lockHolder) pair() *api.KVPair {
 	return &api.KVPair{Key: l.key, Session: l.session, Flags: api.LockFlagValue}
 }
 
-// acquire waits for our turn in the queue of our waiters (see lockQueue),
-// then for the lock itself.
+// acquire takes the lock at once if nobody holds it; otherwise it waits for
+// our turn in the queue of our waiters (see lockQueue), then for the lock
+// itself.
 func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
-	err := l.queue.waitTurn(ctx, l.key)
+	held, unsure := l.takeIfFree(ctx)
+	if held {
+		return l.held(), nil
+	}
+	var err error
+	if !unsure {
+		err = l.queue.waitTurn(ctx, l.key)
+	}
 	if err == nil {
 		err = l.take(ctx)
 	}
@@ -139,6 +147,35 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 	// release then wakes it alone.
 	l.queue.leaveAsync()
 	return l.held(), nil
+}
+
+// takeIfFree reads the lock key once and, if nobody holds it, tries to take
+// it: a lock nobody waits for costs no queue key (a write, a list and a
+// delete). held reports that we hold the lock. Anything else (held by
+// another, a refused try, an error) leaves the wait to the queue and take,
+// which report errors as they always have. unsure reports a write that
+// failed without an answer: it may have gone through, and we may hold the
+// lock without knowing. Queued, we would then wait behind waiters who wait
+// for us; take, on its own, finds the lock ours at its first read.
+//
+// A newcomer that finds the lock free in the moment between a release and
+// the front waiter's take may get it first: the queue orders our waiters,
+// and the lock key alone decides who holds the lock.
+func (l *lockHolder) takeIfFree(ctx context.Context) (held, unsure bool) {
+	rctx, cancel := callCtx(ctx)
+	l.mark()
+	pair, _, err := l.client.KV().Get(l.key, (&api.QueryOptions{}).WithContext(rctx))
+	cancel()
+	if err != nil || (pair != nil && (pair.Flags != api.LockFlagValue || pair.Session != "")) {
+		return false, false
+	}
+	l.log.Debug("taking the lock", "key", l.key)
+	l.beforeTake()
+	ok, err := l.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
+		ok, _, err := kv.Acquire(l.pair(), w)
+		return ok, err
+	})
+	return err == nil && ok, err != nil
 }
 
 // take waits on the lock key until it is free, and takes it: the front

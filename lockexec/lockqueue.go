@@ -21,9 +21,10 @@ import (
 // of it, as in ZooKeeper's lock recipe, and only the front one waits on
 // the lock key: a release then wakes one waiter, which writes once.
 //
-// A waiter writes <prefix>/.queue/<session>, acquired with its session, and
-// lists the queue once: the live keys created before its own are the
-// waiters ahead of it, oldest first. Any waiter older than us wrote its key
+// A run that finds the lock free takes it without queueing (see
+// lockHolder.takeIfFree). Otherwise it writes <prefix>/.queue/<session>,
+// acquired with its session, and lists the queue once: the live keys
+// created before its own are the waiters ahead of it, oldest first. Any waiter older than us wrote its key
 // before ours, so that one list knows them all; younger ones queue behind
 // us. It then watches only the key just ahead of it; when that goes, the
 // next one ahead, from the list (one read shows whether it is still

@@ -158,20 +158,25 @@ func TestLockQueueStuckWaiterAhead(t *testing.T) {
 	client := testClient(t)
 	prefix := uniquePrefix(t)
 	fakeWaiter(t, client, prefix)
+	// Held while our run arrives, so that it queues (a free lock is
+	// taken at once, queue or not).
+	release := holdAll(t, client, prefix, 1)
 
 	dir := t.TempDir()
 	opts := shellOpts(t, prefix, 1, "touch "+dir+"/ran")
 	opts.Try = time.Minute
-	start := time.Now()
 	run := startRun(t, context.Background(), lockexec.New(client), opts)
+	waitQueued(t, client, prefix, 2)
+	start := time.Now()
+	release()
 	if res, err := run.wait(t, 2*time.Minute); err != nil || res.ExitCode != 0 {
 		t.Fatalf("Run behind a stuck waiter: %v, exit %d", err, res.ExitCode)
 	}
 	took := time.Since(start)
-	t.Logf("the lock was taken after %s behind a stuck waiter", took)
+	t.Logf("the lock was taken %s after its release, behind a stuck waiter", took)
 	if took < time.Second {
-		// It did not queue at all: the stuck waiter was not seen.
-		t.Errorf("the lock was taken after %s, without queueing behind the waiter ahead", took)
+		// It did not wait for the waiter ahead at all.
+		t.Errorf("the lock was taken %s after its release, without waiting for the waiter ahead", took)
 	}
 	if took > 30*time.Second {
 		t.Errorf("the stuck waiter ahead held up the next one for %s", took)
@@ -310,5 +315,24 @@ func TestLockQueueWithAPILockWaiter(t *testing.T) {
 		t.Fatal("the api.Lock waiter did not get the lock")
 	}
 	_ = l.Destroy()
+	assertClean(t, client, prefix)
+}
+
+// TestLockFreeTakenWithoutQueue: a run that finds the lock free takes it
+// without writing a queue key: nobody waits, so a queue would only cost a
+// write, a list and a delete.
+func TestLockFreeTakenWithoutQueue(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	prefix := uniquePrefix(t)
+	var log syncBuffer
+	opts := shellOpts(t, prefix, 1, "true")
+	opts.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: &log})
+	if res, err := lockexec.New(client).Run(context.Background(), opts); err != nil || res.ExitCode != 0 {
+		t.Fatalf("Run: %v, exit %d", err, res.ExitCode)
+	}
+	if strings.Contains(log.String(), "queued for the lock") {
+		t.Errorf("a run that found the lock free queued for it:\n%s", log.String())
+	}
 	assertClean(t, client, prefix)
 }
