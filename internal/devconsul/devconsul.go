@@ -146,7 +146,10 @@ func (a *Agent) start() (err error) {
 		args = append(args, "-config-file="+extra)
 	}
 	cmd := exec.Command(a.opts.Binary, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, and killed with us: a test binary stopped by
+	// a signal (a timeout, a ^C) runs no cleanup, and would otherwise
+	// leave the agent running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if a.opts.LogFile != "" {
 		f, err := os.OpenFile(a.opts.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
