@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -422,5 +427,48 @@ func TestUnreachableConsulFailsAtOnce(t *testing.T) {
 	_, err = New(c).Run(ctx, opts)
 	if !errors.Is(err, lockexec.ErrConsulUnreachable) || ctx.Err() != nil {
 		t.Fatalf("Run = %v, want Consul unreachable at once", err)
+	}
+}
+
+// TestSwitchesTurnedAwayAreRetried: when Consul turns the first reads of the
+// halt and pause away for a moment (a 429 when many nodes start at once, as
+// 1,000 contenders on one agent do), the action waits them out and runs;
+// it does not fail as if Consul were unreachable.
+func TestSwitchesTurnedAwayAreRetried(t *testing.T) {
+	target, err := url.Parse("http://" + agent.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ErrorLog = log.New(io.Discard, "", 0)
+	var turnedAway atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, ".fleet/") && turnedAway.Add(1) <= 6 {
+			http.Error(w, "Your IP is issuing too many concurrent connections, please rate limit your calls", http.StatusTooManyRequests)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	cfg := api.DefaultConfig()
+	cfg.Address = srv.Listener.Addr().String()
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := "test/turned-away"
+	ran := t.TempDir() + "/ran"
+	opts := Options{Lock: lockexec.Options{Prefix: prefix, Command: []string{"touch " + ran}, Shell: true},
+		Node: "web-1", Fleet: fleet.New(c, prefix)}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if res, err := New(c).Run(ctx, opts); err != nil || res.ExitCode != 0 {
+		t.Fatalf("Run = %v, exit %d; want the 429s waited out", err, res.ExitCode)
+	}
+	if _, err := os.Stat(ran); err != nil {
+		t.Fatal("the command did not run")
+	}
+	if n := turnedAway.Load(); n <= 6 {
+		t.Fatalf("only %d reads of the switches: the test turned none away", n)
 	}
 }

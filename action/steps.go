@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -85,20 +86,8 @@ func oneLine(s string) string {
 // is critical elsewhere, each reported as a phase.
 func (r *runner) waitForFleet(ctx context.Context) error {
 	for {
-		if f := r.opts.Fleet; f != nil {
-			err := f.WaitClearFor(ctx, r.opts.Node, func(why string) {
-				phase := PhaseHalted
-				if strings.HasPrefix(why, fleet.ErrPaused.Error()) {
-					phase = PhasePaused
-				}
-				r.phase(phase, why)
-			})
-			if err != nil && ctx.Err() == nil {
-				return lockexec.ClassifyConsulError(fmt.Errorf("reading the rollout's halt and pause: %w", err))
-			}
-			if err != nil {
-				return fmt.Errorf("%w while waiting for the fleet: %v", lockexec.ErrInterrupted, err)
-			}
+		if err := r.waitForSwitches(ctx); err != nil {
+			return err
 		}
 		if len(r.opts.UnlessCritical) > 0 {
 			err := health.WaitNoneCritical(ctx, r.p.client, health.BlockerOptions{
@@ -115,6 +104,47 @@ func (r *runner) waitForFleet(ctx context.Context) error {
 		}
 	}
 }
+
+// waitForSwitches waits while the rollout is halted or paused. A first read
+// that fails for good (Consul unreachable, a token without key:read) is an
+// error; one that Consul turned away for a moment (a 429 when many nodes
+// start at once, a leader election) is retried with backoff, as the lock's
+// waiters do.
+func (r *runner) waitForSwitches(ctx context.Context) error {
+	f := r.opts.Fleet
+	if f == nil {
+		return nil
+	}
+	backoff := minSwitchesBackoff
+	for {
+		err := f.WaitClearFor(ctx, r.opts.Node, func(why string) {
+			phase := PhaseHalted
+			if strings.HasPrefix(why, fleet.ErrPaused.Error()) {
+				phase = PhasePaused
+			}
+			r.phase(phase, why)
+		})
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return fmt.Errorf("%w while waiting for the fleet: %v", lockexec.ErrInterrupted, err)
+		case !lockexec.IsTransient(err):
+			return lockexec.ClassifyConsulError(fmt.Errorf("reading the rollout's halt and pause: %w", err))
+		}
+		r.log.Debug("reading the rollout's halt and pause failed for a moment; retrying", "error", err, "in", backoff)
+		if err := sleep(ctx, backoff+rand.N(backoff/2)); err != nil {
+			return err
+		}
+		backoff = min(2*backoff, maxSwitchesBackoff)
+	}
+}
+
+// The backoff of waitForSwitches, as the lock's waiters'.
+const (
+	minSwitchesBackoff = 25 * time.Millisecond
+	maxSwitchesBackoff = time.Second
+)
 
 // blockedNow reads the halt and pause once; "" when nothing stops us (or
 // there is no fleet). A read error does not block: the lock still limits

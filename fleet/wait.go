@@ -24,7 +24,12 @@ const retryWait = time.Second
 func (f *Fleet) WaitClearFor(ctx context.Context, node string, onBlocked func(why string)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	changed := f.Changes(ctx)
+	// Watched only once something blocks us: most calls find nothing set
+	// and return after one read, which two blocking queries sent along
+	// would only double (and with them the connections of every node
+	// starting at once). Changes signals once as it starts, so a change
+	// between the read and the watch is not missed.
+	var changed <-chan struct{}
 
 	last := ""
 	for {
@@ -53,6 +58,9 @@ func (f *Fleet) WaitClearFor(ctx context.Context, node string, onBlocked func(wh
 				return err
 			}
 			continue
+		}
+		if changed == nil {
+			changed = f.Changes(ctx)
 		}
 		select {
 		case <-changed:

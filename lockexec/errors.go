@@ -111,6 +111,13 @@ func isTransient(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded)
 }
 
+// IsTransient reports whether err, from any Consul call, is one that passes
+// by itself and is worth waiting out with backoff (see isTransient): a 429,
+// a 5xx such as a leader election, a request our deadline cut short.
+func IsTransient(err error) bool {
+	return err != nil && isTransient(err)
+}
+
 // consulError wraps err from Consul, met while doing what, in the sentinel
 // that applies: ErrPermissionDenied for a 403, ErrConsulUnreachable when
 // Consul could not serve us.
