@@ -226,10 +226,7 @@ func (l *lockHolder) take(ctx context.Context) error {
 		}
 		l.log.Debug("taking the lock", "key", l.key)
 		l.beforeTake()
-		ok, err := l.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
-			ok, _, err := kv.Acquire(l.pair(), w)
-			return ok, err
-		})
+		ok, err := l.takeWrite()
 		switch {
 		case err != nil && isTransient(err):
 			contended = true
@@ -244,6 +241,30 @@ func (l *lockHolder) take(ctx context.Context) error {
 		// contender, whose release we then wait for.
 		index = 0
 	}
+}
+
+// takeWrite tries to take the lock key. A queued waiter deletes its queue
+// key in the same transaction (see lockQueue.takeOps): the transaction
+// fails as a whole when the lock is held or in its lock-delay, as an
+// acquire does, and then the key stays.
+func (l *lockHolder) takeWrite() (bool, error) {
+	extra := l.queue.takeOps()
+	if extra == nil {
+		return l.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
+			ok, _, err := kv.Acquire(l.pair(), w)
+			return ok, err
+		})
+	}
+	l.mark()
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	p := l.pair()
+	ops := append(api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVLock, Key: p.Key, Flags: p.Flags, Session: p.Session}}}, extra...)
+	ok, _, _, err := l.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if ok {
+		l.queue.took()
+	}
+	return ok, err
 }
 
 // write runs one write bounded by writeTimeout.

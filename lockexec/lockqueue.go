@@ -278,6 +278,21 @@ func (q *lockQueue) deleteCAS(ctx context.Context, p *api.KVPair) {
 	}
 }
 
+// takeOps are what a take adds to its write: the deletion of our queue
+// key, in the same transaction, so that the next waiter moves up without a
+// write of ours beside our command's start (on a small machine that write
+// competes with the fork). Nil when we are not in the queue.
+func (q *lockQueue) takeOps() api.TxnOps {
+	if !q.joined {
+		return nil
+	}
+	return api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: q.key}}}
+}
+
+// took records that our queue key went with the take: nothing is left to
+// delete.
+func (q *lockQueue) took() { q.joined = false }
+
 // leave deletes our queue key, if we wrote it, retrying transient failures
 // for up to writeTimeout.
 func (q *lockQueue) leave() {
