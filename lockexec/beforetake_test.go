@@ -155,3 +155,66 @@ func describeLockKey(c *api.Client, prefix, session string, released bool) strin
 	}
 	return fmt.Sprintf("lock key with flags %#x", pair.Flags)
 }
+
+// TestBeforeTakeAfterHandOff: a semaphore waiter handed a slot by one of
+// ours takes nothing, yet BeforeTake must still be called after that
+// hand-off, before the command: a read started by an earlier call (a take
+// that failed) would have come before the release, and miss a halt the
+// releasing node recorded.
+func TestBeforeTakeAfterHandOff(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	r := lockexec.New(client)
+	prefix := uniquePrefix(t)
+	const limit = 2
+	var holders []*lockexec.Lease
+	for range limit {
+		lease, err := r.Acquire(context.Background(), lockexec.Options{Prefix: prefix, Limit: limit, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		holders = append(holders, lease)
+	}
+	t.Cleanup(func() {
+		for _, l := range holders {
+			_ = l.Release()
+		}
+	})
+
+	var (
+		mu       sync.Mutex
+		released bool
+		calls    []bool // whether each call came after the release
+		atStart  = -1
+	)
+	dir := t.TempDir()
+	opts := shellOpts(t, prefix, limit, "touch "+dir+"/ran")
+	opts.BeforeTake = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, released)
+	}
+	opts.OnAcquired = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		atStart = len(calls)
+	}
+	run := startRun(t, context.Background(), r, opts)
+	waitContenders(t, client, prefix, limit+1)
+	time.Sleep(300 * time.Millisecond) // the waiter waits on full slots
+	mu.Lock()
+	released = true
+	mu.Unlock()
+	if err := holders[0].Release(); err != nil {
+		t.Fatal(err)
+	}
+	holders = holders[1:]
+	if res, err := run.wait(t, 30*time.Second); err != nil || res.ExitCode != 0 {
+		t.Fatalf("Run = %v, exit %d", err, res.ExitCode)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if atStart < 1 || !calls[atStart-1] {
+		t.Errorf("BeforeTake calls %v, %d before the command: none after the hand-off", calls, atStart)
+	}
+}

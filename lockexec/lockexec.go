@@ -172,7 +172,9 @@ type Options struct {
 	// it the holder. A read started from it sees everything written before
 	// that release, as a read once the lock is held would, one round trip
 	// sooner. It may be called several times in one wait, from the wait's
-	// own goroutine, and must not block.
+	// own goroutine, and must not block. A semaphore waiter handed a slot
+	// (it takes nothing) calls it once it finds the slot its own: the last
+	// call always follows the release that made us the holder.
 	BeforeTake func()
 
 	// OnSession, if not nil, is called with the session ID as soon as the

@@ -143,6 +143,10 @@ func (s *semaphoreHolder) acquire(ctx context.Context) (lost <-chan struct{}, er
 		case err != nil:
 			return nil, err
 		case held:
+			// Handed to us: a read started by an earlier, failed take
+			// came before the release that handed it, so a new one
+			// must start now (see Options.BeforeTake).
+			s.beforeTake()
 			return s.heldAfter(w), nil
 		case again:
 			continue
