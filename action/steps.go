@@ -106,10 +106,10 @@ func (r *runner) waitForFleet(ctx context.Context) error {
 }
 
 // waitForSwitches waits while the rollout is halted or paused. A first read
-// that fails for good (Consul unreachable, a token without key:read) is an
-// error; one that Consul turned away for a moment (a 429 when many nodes
-// start at once, a leader election) is retried with backoff, as the lock's
-// waiters do.
+// that fails for good (Consul unreachable, an agent that does not answer, a
+// token without key:read) is an error; one that Consul turned away for a
+// moment (a 429 when many nodes start at once, a leader election) is
+// retried with backoff, as the lock's waiters do.
 func (r *runner) waitForSwitches(ctx context.Context) error {
 	f := r.opts.Fleet
 	if f == nil {
@@ -129,7 +129,7 @@ func (r *runner) waitForSwitches(ctx context.Context) error {
 			return nil
 		case ctx.Err() != nil:
 			return fmt.Errorf("%w while waiting for the fleet: %v", lockexec.ErrInterrupted, err)
-		case !lockexec.IsTransient(err):
+		case !lockexec.IsTurnedAway(err):
 			return lockexec.ClassifyConsulError(fmt.Errorf("reading the rollout's halt and pause: %w", err))
 		}
 		r.log.Debug("reading the rollout's halt and pause failed for a moment; retrying", "error", err, "in", backoff)

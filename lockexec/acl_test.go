@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -102,4 +103,54 @@ func tokenClient(t *testing.T, a *devconsul.Agent, token string) *api.Client {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestLockQueueNotWritable: a token that may write the lock key but not the
+// queue under it (a policy narrower than the README's, as one written for
+// `consul lock`) still gets the lock once it is free: the waiter waits
+// without the queue, as every waiter once did, and never stalls.
+func TestLockQueueNotWritable(t *testing.T) {
+	t.Parallel()
+	if agent == nil {
+		t.Skip("skipping: no consul binary (see devconsul.ErrNoBinary)")
+	}
+	a, err := devconsul.Start(devconsul.Options{ExtraConfig: aclConfig})
+	if err != nil {
+		t.Fatalf("starting consul with ACLs: %v", err)
+	}
+	t.Cleanup(a.Stop)
+	root := tokenClient(t, a, aclRootToken)
+	const prefix = "narrow/lock"
+	policy, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{
+		Name: "lock-key-only",
+		Rules: `session_prefix "" { policy = "write" } key_prefix "" { policy = "read" }
+key "` + prefix + `/.lock" { policy = "write" }`,
+	}, nil)
+	if err != nil {
+		t.Fatalf("creating a policy: %v", err)
+	}
+	token, _, err := root.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
+	if err != nil {
+		t.Fatalf("creating a token: %v", err)
+	}
+	held, err := root.LockOpts(&api.LockOptions{Key: prefix + "/" + lockexec.LockKeySuffix, SessionName: "test holder"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := held.Lock(nil); err != nil {
+		t.Fatalf("holding the lock: %v", err)
+	}
+	dir := t.TempDir()
+	opts := shellOpts(t, prefix, 1, "touch "+dir+"/ran")
+	run := startRun(t, context.Background(), lockexec.New(tokenClient(t, a, token.SecretID)), opts)
+	time.Sleep(time.Second) // it waits, having failed to queue
+	if err := held.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := run.wait(t, 30*time.Second); err != nil || res.ExitCode != 0 {
+		t.Fatalf("Run with a token that may not queue: %v, exit %d", err, res.ExitCode)
+	}
+	if !fileExists(dir + "/ran") {
+		t.Error("the command did not run")
+	}
 }

@@ -48,6 +48,13 @@ func isAgentError(err error) bool {
 	return errors.As(err, &netErr)
 }
 
+// answered reports whether err is Consul's answer (an HTTP status other
+// than success), so that the request was decided and not applied, as
+// opposed to a request that got no answer and may have gone through.
+func answered(err error) bool {
+	return statusCode(err) != 0 || strings.Contains(err.Error(), "Unexpected response code")
+}
+
 // isTimeout reports whether the connection to the agent timed out.
 func isTimeout(err error) bool {
 	var netErr net.Error
@@ -111,11 +118,12 @@ func isTransient(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded)
 }
 
-// IsTransient reports whether err, from any Consul call, is one that passes
-// by itself and is worth waiting out with backoff (see isTransient): a 429,
-// a 5xx such as a leader election, a request our deadline cut short.
-func IsTransient(err error) bool {
-	return err != nil && isTransient(err)
+// IsTurnedAway reports whether err is Consul's answer that it cannot serve
+// us for a moment: a 429 (too many requests or connections), a 5xx such as
+// a leader election. Worth waiting out with backoff. An agent that does not
+// answer at all is not included: that is Consul unreachable.
+func IsTurnedAway(err error) bool {
+	return err != nil && answered(err) && isTransient(err)
 }
 
 // consulError wraps err from Consul, met while doing what, in the sentinel

@@ -82,16 +82,21 @@ func (w *waiters) known() []*api.KVPair {
 }
 
 // heldAfter starts holding (see held), keeping from the wait w who else
-// waits, for the hand-off at release: the contenders ahead of us that we
-// never saw holding a slot (ones we passed, such as `consul lock`'s, which
-// keep their place), and those behind us, as last listed. Whoever took a
+// waits, for the hand-off at release: the `consul lock` contenders ahead of
+// us that we never saw holding a slot (ones we passed, which keep their
+// place), and those behind us, as last listed. Whoever took a
 // slot since is left out as the monitor sees it in the lock key; a
 // waiter that left since fails the transaction's check, and release then
 // lists afresh. This spares a list of the whole prefix per hand-off.
 func (s *semaphoreHolder) heldAfter(w *semWait) <-chan struct{} {
 	pairs := make([]*api.KVPair, 0, len(w.q.ahead)+len(w.q.younger))
 	for _, p := range w.q.order {
-		if _, ok := w.q.ahead[p.Session]; ok {
+		// One of ours still ahead was passed as stalled, or is taking
+		// another free slot right now: handing it ours could leave the
+		// slot idle (a waiter killed with its session alive) until the
+		// others prune it. `consul lock`'s keep their place, so that we
+		// give back plainly rather than jump them.
+		if _, ok := w.q.ahead[p.Session]; ok && !bytes.Equal(p.Value, handoffValue) {
 			pairs = append(pairs, p)
 		}
 	}

@@ -143,8 +143,9 @@ func (l *lockHolder) acquire(ctx context.Context) (<-chan struct{}, error) {
 		l.queue.leave()
 		return nil, err
 	}
-	// The next waiter in the queue moves up to wait on the lock key; our
-	// release then wakes it alone.
+	// Our queue key went with the take, as a rule; if not (the take went
+	// through unanswered), it goes now, so that the next waiter moves up
+	// to wait on the lock key and our release wakes it alone.
 	l.queue.leaveAsync()
 	return l.held(), nil
 }
@@ -175,7 +176,7 @@ func (l *lockHolder) takeIfFree(ctx context.Context) (held, unsure bool) {
 		ok, _, err := kv.Acquire(l.pair(), w)
 		return ok, err
 	})
-	return err == nil && ok, err != nil
+	return err == nil && ok, err != nil && !answered(err)
 }
 
 // take waits on the lock key until it is free, and takes it: the front
@@ -260,11 +261,33 @@ func (l *lockHolder) takeWrite() (bool, error) {
 	defer cancel()
 	p := l.pair()
 	ops := append(api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVLock, Key: p.Key, Flags: p.Flags, Session: p.Session}}}, extra...)
-	ok, _, _, err := l.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-	if ok {
+	ok, resp, _, err := l.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	switch {
+	case ok:
 		l.queue.took()
+	case (err != nil && isPermissionDenied(err)) || (err == nil && queueOpFailed(resp)):
+		// Our queue key may not be deleted (a policy narrower than the
+		// README's): take the lock with a plain acquire from now on, at
+		// once. The key goes with our session, and the others tidy it.
+		l.log.Debug("deleting our queue key with the take failed; taking the lock alone", "error", err)
+		l.queue.abandon()
+		return l.takeWrite()
 	}
 	return ok, err
+}
+
+// queueOpFailed reports whether a take transaction failed on its queue
+// operations rather than on the lock (held, or in its lock-delay).
+func queueOpFailed(resp *api.TxnResponse) bool {
+	if resp == nil {
+		return false
+	}
+	for _, e := range resp.Errors {
+		if e.OpIndex >= 1 {
+			return true
+		}
+	}
+	return false
 }
 
 // write runs one write bounded by writeTimeout.
@@ -309,8 +332,9 @@ func (l *lockHolder) release() error {
 		ok, _, err := kv.Release(l.pair(), w)
 		return ok, err
 	})
-	// Our queue key was deleted while the command ran, unless Consul was
-	// slow: the run must not end with that write in flight.
+	// A queue key deleted apart from the take was deleted while the
+	// command ran, unless Consul was slow: the run must not end with that
+	// write in flight.
 	l.queue.waitLeft()
 	return err
 }

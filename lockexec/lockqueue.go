@@ -29,9 +29,10 @@ import (
 // us. It then watches only the key just ahead of it; when that goes, the
 // next one ahead, from the list (one read shows whether it is still
 // there). With none left ahead it is the front waiter, and takes the lock
-// exactly as it did without a queue (see lockHolder.take). Once it holds
-// the lock it deletes its queue key, off the hand-over's path, so that the
-// next one waits on the lock key, ready for our release.
+// exactly as it did without a queue (see lockHolder.take), except that
+// the write that takes the lock deletes its queue key in the same
+// transaction, so that the next one moves up to wait on the lock key,
+// ready for our release, without a write of ours beside our command.
 //
 // Invariants:
 //   - The queue only decides when a waiter starts to contend for the lock
@@ -133,18 +134,24 @@ func (q *lockQueue) waitTurn(ctx context.Context, lockKey string) error {
 // oldest first, tidying up the keys of dead waiters it meets.
 func (q *lockQueue) join(ctx context.Context) ([]*api.KVPair, error) {
 	kv := q.client.KV()
-	// Bound by ctx, so that -try and a stop are not held up by an agent
-	// that does not answer: a write cancelled in flight may still go
-	// through, but joined makes leave delete it whatever happened.
+	// Bound by ctx, so that -try and a stop are not held up by this write
+	// to an agent that does not answer (leave, which follows, has its own
+	// bound): a write cancelled in flight may still go through, but joined
+	// makes leave delete it whatever happened.
 	q.joined = true
 	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	ok, _, err := kv.Acquire(&api.KVPair{Key: q.key, Session: q.session, Flags: queueFlagValue, Value: queueValue},
 		(&api.WriteOptions{}).WithContext(wctx))
 	cancel()
 	if err != nil {
+		if answered(err) {
+			// Turned down (a 403, a 429): no key of ours to delete.
+			q.joined = false
+		}
 		return nil, fmt.Errorf("writing the queue key %q: %w", q.key, err)
 	}
 	if !ok {
+		q.joined = false
 		return nil, fmt.Errorf("writing the queue key %q: refused", q.key)
 	}
 	lctx, cancel := callCtx(ctx)
@@ -293,6 +300,10 @@ func (q *lockQueue) takeOps() api.TxnOps {
 // delete.
 func (q *lockQueue) took() { q.joined = false }
 
+// abandon stops deleting our queue key, with the take or afterwards: we
+// may not delete it, and it goes with our session.
+func (q *lockQueue) abandon() { q.joined = false }
+
 // leave deletes our queue key, if we wrote it, retrying transient failures
 // for up to writeTimeout.
 func (q *lockQueue) leave() {
@@ -310,9 +321,10 @@ func (q *lockQueue) leave() {
 	}
 }
 
-// leaveAsync starts leave in the background: the holder of the lock
-// deletes its queue key while its command starts, not before. waitLeft
-// waits for it.
+// leaveAsync starts leave in the background, for a holder whose queue key
+// did not go with its take (a take that went through unanswered): the
+// key is deleted while the command starts, not before. waitLeft waits for
+// it.
 func (q *lockQueue) leaveAsync() {
 	if !q.joined {
 		return

@@ -51,22 +51,22 @@ func (r *Runner) Reclaim(ctx context.Context, prefix string, limit int, session 
 	return nil
 }
 
-// reclaimLock deletes session's queue key (see lockQueue), then releases
-// key if session holds it. The key would otherwise stay behind once the
+// reclaimLock releases key if session holds it, then deletes session's
+// queue key (see lockQueue), which would otherwise stay behind once the
 // session is destroyed: lock sessions release their keys, they do not
 // delete them.
 func (r *Runner) reclaimLock(ctx context.Context, prefix, key, session string) error {
 	cctx, cancel := callCtx(ctx)
 	defer cancel()
-	queued := prefix + "/" + queueDir + session
-	if _, err := r.client.KV().Delete(queued, (&api.WriteOptions{}).WithContext(cctx)); err != nil {
-		return fmt.Errorf("deleting the queue key %q: %w", queued, err)
-	}
 	_, _, err := r.client.KV().Release(&api.KVPair{Key: key, Session: session, Flags: api.LockFlagValue},
 		(&api.WriteOptions{}).WithContext(cctx))
 	if err != nil {
 		return fmt.Errorf("releasing the lock key %q: %w", key, err)
 	}
+	// Best effort: a queue key left behind loses its session when Reclaim
+	// destroys it, and the waiters behind it then pass it and tidy it.
+	queued := prefix + "/" + queueDir + session
+	_, _ = r.client.KV().Delete(queued, (&api.WriteOptions{}).WithContext(cctx))
 	return nil
 }
 

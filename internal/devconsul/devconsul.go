@@ -148,7 +148,9 @@ func (a *Agent) start() (err error) {
 	cmd := exec.Command(a.opts.Binary, args...)
 	// Its own process group, and killed with us: a test binary stopped by
 	// a signal (a timeout, a ^C) runs no cleanup, and would otherwise
-	// leave the agent running.
+	// leave the agent running. (The signal comes when the thread that
+	// started it ends; Go ends threads only behind LockOSThread, which no
+	// test that starts an agent uses.)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if a.opts.LogFile != "" {
 		f, err := os.OpenFile(a.opts.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
