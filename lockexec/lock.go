@@ -9,6 +9,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"ct-supervise/internal/blocking"
+	"ct-supervise/internal/ctxsleep"
 )
 
 // holder is how Run takes and gives back a lock or a semaphore slot. Both
@@ -58,11 +61,6 @@ const (
 	// frozen agent (SIGSTOP, a stalled VM) accepts the connection and
 	// then answers nothing, and without a deadline we would wait with it.
 	callTimeout = 10 * time.Second
-
-	// blockingSlack is added to a blocking query's wait for its deadline:
-	// Consul adds up to wait/16 of jitter, and the answer needs a moment to
-	// come back.
-	blockingSlack = 5 * time.Second
 
 	// The backoff used when Consul refuses us for a moment (a lock-delay,
 	// a lost race, too many connections): quick at first, since most of
@@ -410,10 +408,9 @@ func watchKey(ctx context.Context, client *api.Client, key string, retries int, 
 }
 
 // blockingCtx is ctx with the deadline of one blocking query waiting up to
-// wait: past it the agent is not answering, and the caller treats that
-// like any other failed read.
+// wait (see internal/blocking).
 func blockingCtx(ctx context.Context, wait time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, wait+wait/16+blockingSlack)
+	return blocking.Context(ctx, wait)
 }
 
 // callCtx is ctx with the deadline of one ordinary request.
@@ -463,14 +460,10 @@ func waitEnded(ctx context.Context) error {
 
 // sleepCtx sleeps for d or until ctx is done, returning the cause then.
 func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+	if ctxsleep.Sleep(ctx, d) != nil {
 		return waitEnded(ctx)
 	}
+	return nil
 }
 
 // backoff is a doubling delay with jitter, so that contenders that failed
