@@ -80,41 +80,6 @@ func TestBeforeTakeOnceTheLockIsFree(t *testing.T) {
 	}
 }
 
-// holdAll takes every slot of prefix (the lock when limit is 1) with the
-// api's own sessions, as other nodes would, and returns a func that gives
-// one back. The rest are given back when the test ends.
-func holdAll(t *testing.T, c *api.Client, prefix string, limit int) (releaseOne func()) {
-	t.Helper()
-	var releases []func()
-	for i := 0; i < limit; i++ {
-		if limit == 1 {
-			l, err := c.LockOpts(&api.LockOptions{Key: prefix + "/" + lockexec.LockKeySuffix, SessionName: "test holder"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := l.Lock(nil); err != nil {
-				t.Fatalf("holding the lock elsewhere: %v", err)
-			}
-			releases = append(releases, func() { _ = l.Unlock() })
-			continue
-		}
-		s, err := c.SemaphoreOpts(&api.SemaphoreOptions{Prefix: prefix, Limit: limit, SessionName: "test holder"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Acquire(nil); err != nil {
-			t.Fatalf("holding a semaphore slot elsewhere: %v", err)
-		}
-		releases = append(releases, func() { _ = s.Release() })
-	}
-	for _, r := range releases[1:] {
-		t.Cleanup(r)
-	}
-	var once sync.Once
-	t.Cleanup(func() { once.Do(releases[0]) })
-	return func() { once.Do(releases[0]) }
-}
-
 // describeLockKey says "free" when the lock key has room for session and
 // does not list it yet, and what is wrong otherwise.
 func describeLockKey(c *api.Client, prefix, session string, released bool) string {
@@ -217,4 +182,12 @@ func TestBeforeTakeAfterHandOff(t *testing.T) {
 	if atStart < 1 || !calls[atStart-1] {
 		t.Errorf("BeforeTake calls %v, %d before the command: none after the hand-off", calls, atStart)
 	}
+}
+
+// holdAll takes every slot of prefix (the lock when limit is 1) with the
+// api's own sessions, as other nodes would, and returns a func that gives
+// one back. The rest are given back when the test ends.
+func holdAll(t *testing.T, c *api.Client, prefix string, limit int) (releaseOne func()) {
+	t.Helper()
+	return holdSlots(t, c, prefix, limit, limit)[0]
 }

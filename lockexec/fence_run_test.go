@@ -233,44 +233,6 @@ func TestRunCreatesSessionThroughConsulErrors(t *testing.T) {
 	}
 }
 
-// holdUntil takes n slots of prefix (the lock when limit is 1) with the
-// api's own sessions until release is called or the test ends.
-func holdUntil(t *testing.T, c *api.Client, prefix string, limit, n int) (release func()) {
-	t.Helper()
-	var unlocks []func() error
-	for i := 0; i < n; i++ {
-		if limit == 1 {
-			l, err := c.LockOpts(&api.LockOptions{Key: prefix + "/" + lockexec.LockKeySuffix, SessionName: "test holder"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := l.Lock(nil); err != nil {
-				t.Fatalf("holding the lock: %v", err)
-			}
-			unlocks = append(unlocks, l.Unlock)
-			continue
-		}
-		s, err := c.SemaphoreOpts(&api.SemaphoreOptions{Prefix: prefix, Limit: limit, SessionName: "test holder"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Acquire(nil); err != nil {
-			t.Fatalf("holding a slot: %v", err)
-		}
-		unlocks = append(unlocks, s.Release)
-	}
-	var once atomic.Bool
-	release = func() {
-		if once.CompareAndSwap(false, true) {
-			for _, u := range unlocks {
-				_ = u()
-			}
-		}
-	}
-	t.Cleanup(release)
-	return release
-}
-
 // TestAcquireLease takes a lease without a command: its context stays live
 // while held, is cancelled with ErrLockLost when the session goes, and with
 // something else on Release.
@@ -431,5 +393,17 @@ func TestRunHoldsThroughConsulErrors(t *testing.T) {
 			releaseOther()
 			assertClean(t, client, prefix)
 		})
+	}
+}
+
+// holdUntil takes n slots of prefix (the lock when limit is 1) with the
+// api's own sessions until release is called or the test ends.
+func holdUntil(t *testing.T, c *api.Client, prefix string, limit, n int) (release func()) {
+	t.Helper()
+	releases := holdSlots(t, c, prefix, limit, n)
+	return func() {
+		for _, r := range releases {
+			r()
+		}
 	}
 }

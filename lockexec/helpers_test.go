@@ -292,33 +292,6 @@ func assertClean(t *testing.T, c *api.Client, prefix string) {
 	assertQueueLeft(t, c, prefix)
 }
 
-// holdElsewhere takes every slot of prefix (the lock when limit is 1) with
-// the api's own sessions, the way another node would, until the test ends.
-func holdElsewhere(t *testing.T, c *api.Client, prefix string, limit int) {
-	t.Helper()
-	for i := 0; i < limit; i++ {
-		if limit == 1 {
-			l, err := c.LockOpts(&api.LockOptions{Key: prefix + "/" + lockexec.LockKeySuffix, SessionName: "test holder"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := l.Lock(nil); err != nil {
-				t.Fatalf("holding the lock elsewhere: %v", err)
-			}
-			t.Cleanup(func() { _ = l.Unlock() })
-			continue
-		}
-		s, err := c.SemaphoreOpts(&api.SemaphoreOptions{Prefix: prefix, Limit: limit, SessionName: "test holder"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Acquire(nil); err != nil {
-			t.Fatalf("holding a semaphore slot elsewhere: %v", err)
-		}
-		t.Cleanup(func() { _ = s.Release() })
-	}
-}
-
 // markerScript is a shell script that records the signals it receives in
 // dir and otherwise waits a long time. "started" appears once it runs. A
 // long sleep left in the background, its pid in "bgpid", shows whether a
@@ -369,4 +342,47 @@ func assertBackgroundGone(t *testing.T, dir string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// holdSlots takes n slots of prefix (the lock when limit is 1) with the
+// api's own sessions, the way other nodes would, and returns a func per
+// slot that gives it back. Each may be called more than once, from any
+// goroutine; whatever is still held is given back when the test ends.
+func holdSlots(t *testing.T, c *api.Client, prefix string, limit, n int) []func() {
+	t.Helper()
+	releases := make([]func(), 0, n)
+	for range n {
+		var giveBack func() error
+		if limit == 1 {
+			l, err := c.LockOpts(&api.LockOptions{Key: prefix + "/" + lockexec.LockKeySuffix, SessionName: "test holder"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := l.Lock(nil); err != nil {
+				t.Fatalf("holding the lock elsewhere: %v", err)
+			}
+			giveBack = l.Unlock
+		} else {
+			s, err := c.SemaphoreOpts(&api.SemaphoreOptions{Prefix: prefix, Limit: limit, SessionName: "test holder"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Acquire(nil); err != nil {
+				t.Fatalf("holding a semaphore slot elsewhere: %v", err)
+			}
+			giveBack = s.Release
+		}
+		var once sync.Once
+		release := func() { once.Do(func() { _ = giveBack() }) }
+		t.Cleanup(release)
+		releases = append(releases, release)
+	}
+	return releases
+}
+
+// holdElsewhere takes every slot of prefix (the lock when limit is 1) with
+// the api's own sessions, the way another node would, until the test ends.
+func holdElsewhere(t *testing.T, c *api.Client, prefix string, limit int) {
+	t.Helper()
+	holdSlots(t, c, prefix, limit, limit)
 }
