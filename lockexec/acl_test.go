@@ -24,26 +24,8 @@ const (
 // Both are a 403, exit 77, with a message naming what was refused.
 func TestRunPermissionDenied(t *testing.T) {
 	t.Parallel()
-	if agent == nil {
-		t.Skip("skipping: no consul binary (see devconsul.ErrNoBinary)")
-	}
-	a, err := devconsul.Start(devconsul.Options{ExtraConfig: aclConfig})
-	if err != nil {
-		t.Fatalf("starting consul with ACLs: %v", err)
-	}
-	t.Cleanup(a.Stop)
-	root := tokenClient(t, a, aclRootToken)
-	policy, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{
-		Name:  "sessions-only",
-		Rules: `session_prefix "" { policy = "write" } key_prefix "" { policy = "read" }`,
-	}, nil)
-	if err != nil {
-		t.Fatalf("creating a policy: %v", err)
-	}
-	token, _, err := root.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
-	if err != nil {
-		t.Fatalf("creating a token: %v", err)
-	}
+	a := aclAgent(t)
+	token := aclToken(t, a, "sessions-only", `session_prefix "" { policy = "write" } key_prefix "" { policy = "read" }`)
 
 	cases := []struct {
 		name  string
@@ -51,7 +33,7 @@ func TestRunPermissionDenied(t *testing.T) {
 		names string // what the message must name
 	}{
 		{"no session write", "", "ct-supervise denied/lock"},
-		{"no key write", token.SecretID, "denied/lock"},
+		{"no key write", token, "denied/lock"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -78,6 +60,18 @@ func TestRunPermissionDenied(t *testing.T) {
 // read the lock's key: the error must say so, not call Consul unreachable.
 func TestHoldersPermissionDenied(t *testing.T) {
 	t.Parallel()
+	a := aclAgent(t)
+	_, err := lockexec.New(tokenClient(t, a, "")).Holders("denied/lock", nil)
+	if !errors.Is(err, lockexec.ErrPermissionDenied) || errors.Is(err, lockexec.ErrConsulUnreachable) ||
+		!strings.Contains(err.Error(), "denied/lock/.lock") {
+		t.Fatalf("Holders: %v, want ErrPermissionDenied naming the key", err)
+	}
+}
+
+// aclAgent starts an agent of its own with ACLs on (default deny) for the
+// test, and stops it when the test ends.
+func aclAgent(t *testing.T) *devconsul.Agent {
+	t.Helper()
 	if agent == nil {
 		t.Skip("skipping: no consul binary (see devconsul.ErrNoBinary)")
 	}
@@ -86,11 +80,23 @@ func TestHoldersPermissionDenied(t *testing.T) {
 		t.Fatalf("starting consul with ACLs: %v", err)
 	}
 	t.Cleanup(a.Stop)
-	_, err = lockexec.New(tokenClient(t, a, "")).Holders("denied/lock", nil)
-	if !errors.Is(err, lockexec.ErrPermissionDenied) || errors.Is(err, lockexec.ErrConsulUnreachable) ||
-		!strings.Contains(err.Error(), "denied/lock/.lock") {
-		t.Fatalf("Holders: %v, want ErrPermissionDenied naming the key", err)
+	return a
+}
+
+// aclToken creates on a a policy called name with rules, and a token with
+// it, and returns the token's secret.
+func aclToken(t *testing.T, a *devconsul.Agent, name, rules string) string {
+	t.Helper()
+	root := tokenClient(t, a, aclRootToken)
+	policy, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{Name: name, Rules: rules}, nil)
+	if err != nil {
+		t.Fatalf("creating a policy: %v", err)
 	}
+	token, _, err := root.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
+	if err != nil {
+		t.Fatalf("creating a token: %v", err)
+	}
+	return token.SecretID
 }
 
 // tokenClient is a client for a using token.
@@ -111,28 +117,11 @@ func tokenClient(t *testing.T, a *devconsul.Agent, token string) *api.Client {
 // without the queue, as every waiter once did, and never stalls.
 func TestLockQueueNotWritable(t *testing.T) {
 	t.Parallel()
-	if agent == nil {
-		t.Skip("skipping: no consul binary (see devconsul.ErrNoBinary)")
-	}
-	a, err := devconsul.Start(devconsul.Options{ExtraConfig: aclConfig})
-	if err != nil {
-		t.Fatalf("starting consul with ACLs: %v", err)
-	}
-	t.Cleanup(a.Stop)
-	root := tokenClient(t, a, aclRootToken)
+	a := aclAgent(t)
 	const prefix = "narrow/lock"
-	policy, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{
-		Name: "lock-key-only",
-		Rules: `session_prefix "" { policy = "write" } key_prefix "" { policy = "read" }
-key "` + prefix + `/.lock" { policy = "write" }`,
-	}, nil)
-	if err != nil {
-		t.Fatalf("creating a policy: %v", err)
-	}
-	token, _, err := root.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
-	if err != nil {
-		t.Fatalf("creating a token: %v", err)
-	}
+	token := aclToken(t, a, "lock-key-only", `session_prefix "" { policy = "write" } key_prefix "" { policy = "read" }
+key "`+prefix+`/.lock" { policy = "write" }`)
+	root := tokenClient(t, a, aclRootToken)
 	held, err := root.LockOpts(&api.LockOptions{Key: prefix + "/" + lockexec.LockKeySuffix, SessionName: "test holder"})
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +131,7 @@ key "` + prefix + `/.lock" { policy = "write" }`,
 	}
 	dir := t.TempDir()
 	opts := shellOpts(t, prefix, 1, "touch "+dir+"/ran")
-	run := startRun(t, context.Background(), lockexec.New(tokenClient(t, a, token.SecretID)), opts)
+	run := startRun(t, context.Background(), lockexec.New(tokenClient(t, a, token)), opts)
 	time.Sleep(time.Second) // it waits, having failed to queue
 	if err := held.Unlock(); err != nil {
 		t.Fatal(err)
