@@ -168,12 +168,7 @@ func (l *lockHolder) takeIfFree(ctx context.Context) (held, unsure bool) {
 	if err != nil || (pair != nil && (pair.Flags != api.LockFlagValue || pair.Session != "")) {
 		return false, false
 	}
-	l.log.Debug("taking the lock", "key", l.key)
-	l.beforeTake()
-	ok, err := l.write(func(kv *api.KV, w *api.WriteOptions) (bool, error) {
-		ok, _, err := kv.Acquire(l.pair(), w)
-		return ok, err
-	})
+	ok, err := l.tryTake()
 	return err == nil && ok, err != nil && !answered(err)
 }
 
@@ -223,9 +218,7 @@ func (l *lockHolder) take(ctx context.Context) error {
 				return err
 			}
 		}
-		l.log.Debug("taking the lock", "key", l.key)
-		l.beforeTake()
-		ok, err := l.takeWrite()
+		ok, err := l.tryTake()
 		switch {
 		case err != nil && isTransient(err):
 			contended = true
@@ -240,6 +233,14 @@ func (l *lockHolder) take(ctx context.Context) error {
 		// contender, whose release we then wait for.
 		index = 0
 	}
+}
+
+// tryTake is one try to take the lock key, seen free: it says so in the
+// log, calls BeforeTake, and sends the write.
+func (l *lockHolder) tryTake() (bool, error) {
+	l.log.Debug("taking the lock", "key", l.key)
+	l.beforeTake()
+	return l.takeWrite()
 }
 
 // takeWrite tries to take the lock key. A queued waiter deletes its queue
